@@ -1,0 +1,229 @@
+"""Message contracts that cross tiers: MQTT topic layout, device payloads, Kafka topics and values.
+
+Every tier imports this module and nothing else from another tier.
+
+Kafka values are MessagePack encoded with msgspec structs: it is the fastest encode/decode
+pair measured for these messages (``python -m benchmarks.encoding`` prints the comparison
+with orjson and the standard library) and it validates types while decoding, so a bad value
+fails loudly at the consumer instead of travelling on. Times on the wire are integers
+(microseconds since the Unix epoch, UTC): unambiguous, cheap to turn into NumPy arrays, and
+convertible to aware datetimes with :func:`to_datetime`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Final
+
+import msgspec
+
+CONTRACT_VERSION: Final = 1
+
+
+class DeviceKind(enum.StrEnum):
+    LAMP_POLE = "lamp_pole"
+    PIPE_NODE = "pipe_node"
+    WATER_QUALITY = "water_quality"
+    ENV_STATION = "env_station"
+
+
+class Metric(msgspec.Struct, frozen=True):
+    """A metric a device kind may report, in its canonical unit, with its physically possible range.
+
+    Values outside ``[low, high]`` cannot come from a working sensor and are dead-lettered;
+    values that are possible but abnormal are the stream tier's business.
+    """
+
+    unit: str
+    low: float
+    high: float
+
+
+# The metric catalogue: what each kind reports, in which unit. The gateway rejects others.
+METRICS: Final[dict[DeviceKind, dict[str, Metric]]] = {
+    DeviceKind.LAMP_POLE: {
+        "lamp_on": Metric("bool", 0, 1),
+        "dim_level": Metric("%", 0, 100),
+        "power_w": Metric("W", 0, 2_000),
+        "voltage_v": Metric("V", 0, 300),
+        "current_a": Metric("A", 0, 20),
+        "pm25_ugm3": Metric("ug/m3", 0, 2_000),
+        "pm10_ugm3": Metric("ug/m3", 0, 3_000),
+        "noise_dba": Metric("dB(A)", 0, 150),
+        "temperature_c": Metric("degC", -60, 70),
+        "humidity_pct": Metric("%", 0, 100),
+    },
+    DeviceKind.PIPE_NODE: {
+        "pressure_kpa": Metric("kPa", -100, 2_500),
+        "flow_m3h": Metric("m3/h", -10_000, 10_000),
+    },
+    DeviceKind.WATER_QUALITY: {
+        "chlorine_mgl": Metric("mg/L", 0, 20),
+        "turbidity_ntu": Metric("NTU", 0, 4_000),
+        "ph": Metric("pH", 0, 14),
+        "conductivity_uscm": Metric("uS/cm", 0, 100_000),
+        "temperature_c": Metric("degC", -5, 60),
+    },
+    DeviceKind.ENV_STATION: {
+        "pm25_ugm3": Metric("ug/m3", 0, 2_000),
+        "pm10_ugm3": Metric("ug/m3", 0, 3_000),
+        "no2_ugm3": Metric("ug/m3", 0, 5_000),
+        "o3_ugm3": Metric("ug/m3", 0, 2_000),
+        "co_mgm3": Metric("mg/m3", 0, 500),
+        "noise_dba": Metric("dB(A)", 0, 150),
+    },
+}
+
+# --- MQTT ------------------------------------------------------------------------------------
+
+MQTT_ROOT: Final = "cityops/v1"
+MQTT_READINGS_FILTER: Final = f"{MQTT_ROOT}/+/+/readings"
+
+
+def mqtt_readings_topic(kind: DeviceKind | str, device_id: str) -> str:
+    """Where a device publishes its readings: ``cityops/v1/<kind>/<device_id>/readings``."""
+    return f"{MQTT_ROOT}/{kind}/{device_id}/readings"
+
+
+def parse_mqtt_readings_topic(topic: str) -> tuple[str, str]:
+    """Return ``(kind, device_id)`` of a readings topic; ValueError if it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != MQTT_ROOT or parts[4] != "readings":
+        raise ValueError(f"not a readings topic: {topic!r}")
+    return parts[2], parts[3]
+
+
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class DevicePayload(msgspec.Struct, forbid_unknown_fields=True):
+    """What a device publishes (JSON). ``ts`` is RFC 3339 with an offset; naive times are refused."""
+
+    seq: NonNegative
+    ts: AwareDatetime
+    metrics: dict[str, float]
+    device_id: str | None = None
+
+
+# --- Kafka -----------------------------------------------------------------------------------
+
+
+class Topics(msgspec.Struct, frozen=True):
+    """Kafka topic names. A prefix keeps deployments (and tests) apart on one cluster."""
+
+    prefix: str = "cityops."
+
+    @property
+    def readings(self) -> str:
+        return f"{self.prefix}readings"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}readings.dlq"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}alerts"
+
+    def all(self) -> list[str]:
+        return [self.readings, self.dead_letter, self.alerts]
+
+
+class Reading(msgspec.Struct, frozen=True):
+    """One validated device message: several metrics sampled at one instant.
+
+    Kafka key: the device id (UTF-8), so a device's readings stay ordered in one partition.
+    """
+
+    device_id: str
+    kind: str
+    seq: int
+    ts_us: int
+    metrics: dict[str, float]
+    gateway_us: int
+
+
+class Alert(msgspec.Struct, frozen=True):
+    """An anomaly the stream tier found in one series (device x metric).
+
+    ``alert_id`` is derived from the series and the reading's time, so a replayed batch
+    produces the same id and consumers deduplicate on it. Kafka key: the device id.
+    """
+
+    alert_id: str
+    device_id: str
+    kind: str
+    metric: str
+    ts_us: int
+    value: float
+    score: float
+    detector: str
+    baseline: float
+    spread: float
+    window: int
+    seq: int
+    gateway_us: int
+    emitted_us: int
+
+    @staticmethod
+    def make_id(device_id: str, metric: str, ts_us: int, detector: str) -> str:
+        return f"{device_id}/{metric}/{ts_us}/{detector}"
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A message that could not be accepted, with the reason, the raw bytes and where it came from."""
+
+    reason: str
+    source: str
+    payload: bytes
+    received_us: int
+    device_id: str | None = None
+
+
+_reading_encoder = msgspec.msgpack.Encoder()
+_reading_decoder = msgspec.msgpack.Decoder(Reading)
+_alert_decoder = msgspec.msgpack.Decoder(Alert)
+_dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)
+
+
+def encode(message: Reading | Alert | DeadLetter) -> bytes:
+    return _reading_encoder.encode(message)
+
+
+def decode_reading(data: bytes) -> Reading:
+    return _reading_decoder.decode(data)
+
+
+def decode_alert(data: bytes) -> Alert:
+    return _alert_decoder.decode(data)
+
+
+def decode_dead_letter(data: bytes) -> DeadLetter:
+    return _dead_letter_decoder.decode(data)
+
+
+# --- time ------------------------------------------------------------------------------------
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def now_us() -> int:
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
+
+
+def to_us(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: a timezone is required")
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def to_datetime(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def is_finite(value: float) -> bool:
+    return not (math.isnan(value) or math.isinf(value))

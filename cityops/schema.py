@@ -1,0 +1,264 @@
+"""The database schema, shared by the stream tier (writes readings) and the IOC (reads them).
+
+Two storage paths with the same relations, so queries (the API's, Grafana's) do not care:
+
+- **timescale**, when the ``timescaledb`` extension is available: ``readings`` is a hypertable
+  with 1-day chunks, compressed after ``compress_after`` and dropped after ``retention``;
+  ``readings_1m`` and ``readings_1h`` are continuous aggregates refreshed by policies.
+- **native**, plain PostgreSQL 15: ``readings`` is range-partitioned by day (partitions are
+  created ahead of the data by :func:`ensure_partitions` and dropped by :func:`drop_expired`),
+  and ``readings_1m``/``readings_1h`` are tables that :func:`refresh_rollups` upserts for the
+  time range that new data touched. Nothing is compressed on this path.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+import psycopg.types.json
+from psycopg import sql
+
+from cityops.errors import SchemaError
+
+ROLLUPS: dict[str, timedelta] = {"readings_1m": timedelta(minutes=1), "readings_1h": timedelta(hours=1)}
+
+
+class StorageMode(enum.StrEnum):
+    AUTO = "auto"
+    TIMESCALE = "timescale"
+    NATIVE = "native"
+
+
+COMMON_DDL = """
+CREATE EXTENSION IF NOT EXISTS postgis;
+
+CREATE TABLE IF NOT EXISTS schema_info (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS devices (
+    device_id     text PRIMARY KEY,
+    kind          text NOT NULL,
+    district      text NOT NULL,
+    geom          geography(Point, 4326) NOT NULL,
+    attrs         jsonb NOT NULL DEFAULT '{}',
+    registered_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS devices_geom ON devices USING gist (geom);
+
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id    text PRIMARY KEY,
+    ts          timestamptz NOT NULL,
+    device_id   text NOT NULL,
+    kind        text NOT NULL,
+    metric      text NOT NULL,
+    value       double precision NOT NULL,
+    score       double precision NOT NULL,
+    detector    text NOT NULL,
+    baseline    double precision NOT NULL,
+    spread      double precision NOT NULL,
+    window_size integer NOT NULL,
+    seq         bigint NOT NULL,
+    gateway_at  timestamptz NOT NULL,
+    emitted_at  timestamptz NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts DESC);
+CREATE INDEX IF NOT EXISTS alerts_device ON alerts (device_id, ts DESC);
+"""
+
+# The primary key is the idempotency key: a replayed batch inserts nothing new.
+READINGS_COLUMNS = """
+    ts         timestamptz NOT NULL,
+    device_id  text NOT NULL,
+    metric     text NOT NULL,
+    value      double precision NOT NULL,
+    seq        bigint NOT NULL,
+    gateway_at timestamptz NOT NULL,
+    PRIMARY KEY (device_id, metric, ts)
+"""
+
+ROLLUP_SELECT = """
+SELECT {bucket} AS bucket, device_id, metric,
+       count(*) AS n, avg(value) AS mean, min(value) AS min, max(value) AS max
+FROM readings
+"""
+
+
+def _native_ddl() -> str:
+    parts = [f"CREATE TABLE IF NOT EXISTS readings ({READINGS_COLUMNS}) PARTITION BY RANGE (ts);"]
+    for name in ROLLUPS:
+        parts.append(
+            f"""CREATE TABLE IF NOT EXISTS {name} (
+                bucket timestamptz NOT NULL, device_id text NOT NULL, metric text NOT NULL,
+                n bigint NOT NULL, mean double precision NOT NULL,
+                min double precision NOT NULL, max double precision NOT NULL,
+                PRIMARY KEY (device_id, metric, bucket));"""
+        )
+    return "\n".join(parts)
+
+
+def _timescale_ddl(retention: timedelta, compress_after: timedelta) -> list[str]:
+    statements = [
+        "CREATE EXTENSION IF NOT EXISTS timescaledb",
+        f"CREATE TABLE IF NOT EXISTS readings ({READINGS_COLUMNS})",
+        "SELECT create_hypertable('readings', by_range('ts', INTERVAL '1 day'), if_not_exists => TRUE)",
+        "ALTER TABLE readings SET (timescaledb.compress, timescaledb.compress_segmentby = 'device_id, metric',"
+        " timescaledb.compress_orderby = 'ts DESC')",
+        f"SELECT add_compression_policy('readings', INTERVAL '{_interval(compress_after)}', if_not_exists => TRUE)",
+        f"SELECT add_retention_policy('readings', INTERVAL '{_interval(retention)}', if_not_exists => TRUE)",
+    ]
+    for name, width in ROLLUPS.items():
+        bucket = f"time_bucket(INTERVAL '{_interval(width)}', ts)"
+        statements += [
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name} WITH (timescaledb.continuous) AS "
+            f"{ROLLUP_SELECT.format(bucket=bucket)} GROUP BY 1, 2, 3 WITH NO DATA",
+            f"SELECT add_continuous_aggregate_policy('{name}', start_offset => INTERVAL '3 days', "
+            f"end_offset => INTERVAL '{_interval(width)}', schedule_interval => INTERVAL '{_interval(width)}',"
+            " if_not_exists => TRUE)",
+        ]
+    return statements
+
+
+def _interval(delta: timedelta) -> str:
+    return f"{int(delta.total_seconds())} seconds"
+
+
+async def timescale_available(conn: psycopg.AsyncConnection[object]) -> bool:
+    cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+    return await cur.fetchone() is not None
+
+
+async def storage_mode(conn: psycopg.AsyncConnection[object]) -> StorageMode:
+    """The mode the schema was created with."""
+    cur = await conn.execute("SELECT value FROM schema_info WHERE key = 'storage_mode'")
+    row = await cur.fetchone()
+    if row is None:
+        raise SchemaError("schema not created: run the stream service or `cityops db init` first")
+    return StorageMode(str(row[0]))  # type: ignore[index]
+
+
+async def apply(
+    conn: psycopg.AsyncConnection[object],
+    *,
+    mode: StorageMode = StorageMode.AUTO,
+    retention: timedelta = timedelta(days=90),
+    compress_after: timedelta = timedelta(days=7),
+) -> StorageMode:
+    """Create the schema (idempotent) and return the storage mode in use.
+
+    An existing database keeps the mode it was created with.
+    """
+    async with conn.transaction():
+        # One creator at a time: services may start together.
+        await conn.execute("SELECT pg_advisory_xact_lock(727274)")
+        await conn.execute(COMMON_DDL)
+        cur = await conn.execute("SELECT value FROM schema_info WHERE key = 'storage_mode'")
+        row = await cur.fetchone()
+        if row is not None:
+            return StorageMode(str(row[0]))  # type: ignore[index]
+        chosen = mode
+        if chosen is StorageMode.AUTO:
+            chosen = StorageMode.TIMESCALE if await timescale_available(conn) else StorageMode.NATIVE
+        if chosen is StorageMode.TIMESCALE:
+            if not await timescale_available(conn):
+                raise SchemaError("storage mode 'timescale' asked for, but the timescaledb extension is not installed")
+            for statement in _timescale_ddl(retention, compress_after):
+                await conn.execute(statement.encode())
+        else:
+            await conn.execute(_native_ddl().encode())
+        await conn.execute(
+            "INSERT INTO schema_info (key, value) VALUES ('storage_mode', %s), ('retention_s', %s)",
+            (chosen.value, str(int(retention.total_seconds()))),
+        )
+    if chosen is StorageMode.NATIVE:
+        today = datetime.now(UTC).date()
+        await ensure_partitions(conn, [today + timedelta(days=i) for i in range(-1, 3)])
+    return chosen
+
+
+def partition_name(day: date) -> str:
+    return f"readings_p{day:%Y%m%d}"
+
+
+async def ensure_partitions(conn: psycopg.AsyncConnection[object], days: Iterable[date]) -> list[str]:
+    """Create the daily partitions of ``readings`` for ``days`` (native mode); returns new ones."""
+    created = []
+    for day in sorted(set(days)):
+        name = partition_name(day)
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        cur = await conn.execute("SELECT to_regclass(%s)", (name,))
+        row = await cur.fetchone()
+        if row is not None and row[0] is not None:  # type: ignore[index]
+            continue
+        stmt = sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF readings FOR VALUES FROM ({}) TO ({})"
+        ).format(sql.Identifier(name), sql.Literal(start), sql.Literal(start + timedelta(days=1)))
+        async with conn.transaction():
+            await conn.execute(stmt)
+        created.append(name)
+    return created
+
+
+async def drop_expired(conn: psycopg.AsyncConnection[object], now: datetime) -> list[str]:
+    """Drop daily partitions wholly older than the retention period (native mode)."""
+    cur = await conn.execute("SELECT value FROM schema_info WHERE key = 'retention_s'")
+    row = await cur.fetchone()
+    retention = timedelta(seconds=int(row[0])) if row else timedelta(days=90)  # type: ignore[index]
+    cutoff = (now - retention).date()
+    cur = await conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'readings'::regclass ORDER BY 1"
+    )
+    dropped = []
+    for (name,) in await cur.fetchall():  # type: ignore[misc]
+        day = datetime.strptime(str(name)[len("readings_p"):], "%Y%m%d").date()
+        if day + timedelta(days=1) <= cutoff:
+            async with conn.transaction():
+                await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(str(name))))
+            dropped.append(str(name))
+    return dropped
+
+
+async def refresh_rollups(conn: psycopg.AsyncConnection[object], since: datetime, until: datetime) -> None:
+    """Recompute the rollup buckets that overlap ``[since, until]`` (native mode).
+
+    The stream tier passes the time range its writes touched, so late and replayed data are
+    folded in exactly like a continuous aggregate's invalidation would.
+    """
+    async with conn.transaction():
+        for name, width in ROLLUPS.items():
+            bucket = f"date_bin(INTERVAL '{_interval(width)}', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+            query = (
+                f"INSERT INTO {name} (bucket, device_id, metric, n, mean, min, max) "
+                f"{ROLLUP_SELECT.format(bucket=bucket)} "
+                f"WHERE ts >= date_bin(INTERVAL '{_interval(width)}', %(since)s, TIMESTAMPTZ '2000-01-01 00:00:00+00') "
+                f"AND ts < date_bin(INTERVAL '{_interval(width)}', %(until)s, TIMESTAMPTZ '2000-01-01 00:00:00+00') "
+                f"+ INTERVAL '{_interval(width)}' "
+                "GROUP BY 1, 2, 3 "
+                "ON CONFLICT (device_id, metric, bucket) DO UPDATE SET "
+                "n = EXCLUDED.n, mean = EXCLUDED.mean, min = EXCLUDED.min, max = EXCLUDED.max"
+            )
+            await conn.execute(query.encode(), {"since": since, "until": until})
+
+
+async def upsert_devices(conn: psycopg.AsyncConnection[object], devices: Iterable[object]) -> int:
+    """Insert or update registry devices (``cityops.registry.Device``) in ``devices``."""
+    rows = [
+        (d.device_id, str(d.kind), d.district, d.lon, d.lat, psycopg.types.json.Jsonb(d.attrs))  # type: ignore[attr-defined]
+        for d in devices
+    ]
+    async with conn.transaction():
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO devices (device_id, kind, district, geom, attrs) "
+                "VALUES (%s, %s, %s, ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography, %s) "
+                "ON CONFLICT (device_id) DO UPDATE SET kind = EXCLUDED.kind, district = EXCLUDED.district, "
+                "geom = EXCLUDED.geom, attrs = EXCLUDED.attrs",
+                rows,
+            )
+    return len(rows)

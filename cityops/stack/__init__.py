@@ -1,0 +1,148 @@
+"""The local stack: Mosquitto, Kafka and PostgreSQL installed and run by the project itself.
+
+``cityops stack up`` is idempotent: it installs what is missing, starts what is not running,
+and (re)writes configuration. Everything lives under the state directory; ``stack down``
+stops exactly the processes recorded there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from cityops import registry
+from cityops.kafka import ensure_topics
+from cityops.settings import KAFKA_CONTROLLER_PORT, CommonSettings
+from cityops.stack.kafka import Kafka
+from cityops.stack.mosquitto import Mosquitto
+from cityops.stack.packages import ensure_packages
+from cityops.stack.postgres import Postgres
+from cityops.stack.process import port_open
+
+__all__ = ["Stack", "StackSettings", "ComponentStatus"]
+
+
+class StackSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="CITYOPS_STACK_")
+
+    kafka_controller_port: int = KAFKA_CONTROLLER_PORT
+    kafka_heap: str = "512m"
+    topic_partitions: int = 6
+    install_packages: bool = True
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    pid: int | None
+    address: str
+    reachable: bool
+
+
+class Stack:
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        state = settings.state_dir
+        kafka_host, kafka_port = settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
+        dsn = urlsplit(settings.pg_dsn)
+        self.mosquitto = Mosquitto(state, settings.mqtt_host, settings.mqtt_port)
+        self.kafka = Kafka(
+            state, kafka_host, int(kafka_port), settings.kafka_controller_port, heap=settings.kafka_heap
+        )
+        self.postgres = Postgres(
+            state,
+            dsn.hostname or "127.0.0.1",
+            dsn.port or 5432,
+            user=dsn.username or "cityops",
+            password=dsn.password or "cityops",
+            database=dsn.path.lstrip("/") or "cityops",
+        )
+
+    @property
+    def registry_path(self) -> Path:
+        return self.settings.state_dir / "devices.json"
+
+    def up(self, progress: Callable[[str], None] = lambda _: None) -> dict[str, float]:
+        """Install, configure and start everything; return seconds spent per step."""
+        timings: dict[str, float] = {}
+
+        def step(name: str, fn: Callable[[], object]) -> None:
+            progress(name)
+            started = time.monotonic()
+            fn()
+            timings[name] = time.monotonic() - started
+
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.state_dir.chmod(0o755)
+        if self.settings.install_packages:
+            step("packages", ensure_packages)
+        step("kafka jars", self.kafka.fetch_jars)
+        step("postgres", self.postgres.start)
+        step("mosquitto", self._start_mosquitto)
+        step("kafka", self.kafka.start)
+        step("topics", self._create_topics)
+        return timings
+
+    def _start_mosquitto(self) -> None:
+        self.provision_mqtt(registry.load(self.registry_path))
+        self.mosquitto.start()
+
+    def provision_mqtt(self, devices: list[registry.Device]) -> None:
+        """Write broker credentials for ``devices`` and make a running broker reload them."""
+        s = self.settings
+        self.mosquitto.write_credentials(
+            devices,
+            fleet_secret=s.fleet_secret,
+            gateway_user=s.gateway_mqtt_user,
+            gateway_password=s.gateway_mqtt_password,
+        )
+        self.mosquitto.reload()
+
+    def register(self, devices: list[registry.Device]) -> list[registry.Device]:
+        """Add devices to the registry and the broker's credentials; returns the whole registry."""
+        merged = registry.merge(registry.load(self.registry_path), devices)
+        registry.save(self.registry_path, merged)
+        self.provision_mqtt(merged)
+        return merged
+
+    def unregister(self, device_ids: list[str]) -> None:
+        """Remove devices from the registry and revoke their broker credentials."""
+        gone = set(device_ids)
+        kept = [d for d in registry.load(self.registry_path) if d.device_id not in gone]
+        registry.save(self.registry_path, kept)
+        self.provision_mqtt(kept)
+
+    def _create_topics(self) -> None:
+        asyncio.run(
+            ensure_topics(
+                self.settings.kafka_bootstrap,
+                self.settings.topics.all(),
+                partitions=self.settings.topic_partitions,
+            )
+        )
+
+    def down(self) -> dict[str, bool]:
+        return {
+            "kafka": self.kafka.stop(),
+            "mosquitto": self.mosquitto.stop(),
+            "postgres": self.postgres.stop(),
+        }
+
+    def status(self) -> list[ComponentStatus]:
+        s = self.settings
+        return [
+            ComponentStatus("postgres", self.postgres.pid() if self.postgres.running() else None,
+                            f"{self.postgres.host}:{self.postgres.port}",
+                            port_open(self.postgres.host, self.postgres.port)),
+            ComponentStatus("mosquitto", self.mosquitto.daemon.pid(), f"{s.mqtt_host}:{s.mqtt_port}",
+                            port_open(s.mqtt_host, s.mqtt_port)),
+            ComponentStatus("kafka", self.kafka.daemon.pid(), f"{self.kafka.host}:{self.kafka.port}",
+                            port_open(self.kafka.host, self.kafka.port)),
+        ]

@@ -1,0 +1,137 @@
+"""`cityops run`: the stack, the services and a simulated city, supervised until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import websockets
+from rich.console import Console
+from rich.panel import Panel
+
+from cityops.settings import API_PORT, GATEWAY_METRICS_PORT, STREAM_METRICS_PORT
+from cityops.stack import Stack, StackSettings
+
+SERVICES = ["api", "stream", "gateway", "sim"]
+
+
+class Child:
+    def __init__(self, name: str, log_dir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cityops", self.name],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, "CITYOPS_LOG_FORMAT": "json", **self.env},
+                start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children in order
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_city(*, per_kind: int, interval_s: float, console: Console) -> None:
+    stack = Stack(StackSettings())
+    was_running = all(c.reachable for c in stack.status())
+    started = time.monotonic()
+    with console.status("stack up") as status:
+        stack.up(progress=lambda step: status.update(f"stack up: {step}"))
+    console.print(f"stack ready in {time.monotonic() - started:.1f} s (state: {stack.settings.state_dir})")
+
+    log_dir = stack.settings.state_dir / "logs"
+    env = {"CITYOPS_SIM_PER_KIND": str(per_kind), "CITYOPS_SIM_INTERVAL_S": str(interval_s)}
+    children = [Child(name, log_dir, env) for name in SERVICES]
+    api_url = f"http://127.0.0.1:{API_PORT}"
+    try:
+        for child in children:
+            child.start()
+            if child.name == "api":
+                _wait_http(f"{api_url}/healthz", child, timeout=60)
+        console.print(Panel.fit(
+            f"wall screen   {api_url}/\n"
+            f"API docs      {api_url}/docs\n"
+            f"alerts (WS)   ws://127.0.0.1:{API_PORT}/ws/alerts\n"
+            f"metrics       {api_url}/metrics  http://127.0.0.1:{GATEWAY_METRICS_PORT}/metrics  "
+            f"http://127.0.0.1:{STREAM_METRICS_PORT}/metrics\n"
+            f"logs          {log_dir}/\n"
+            f"city          {per_kind * 4} devices, a reading each every {interval_s:g} s\n"
+            "Ctrl-C stops everything this command started.",
+            title="cityops is running",
+        ))
+        try:
+            asyncio.run(_watch(children, f"ws://127.0.0.1:{API_PORT}/ws/alerts", console))
+        except KeyboardInterrupt:
+            pass
+    finally:
+        console.print("stopping services")
+        for child in reversed(children):
+            child.stop()
+        if not was_running:
+            console.print("stopping the stack")
+            stack.down()
+
+
+def _wait_http(url: str, child: Child, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise SystemExit(f"{child.name} exited during start-up; see {child.log}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{child.name} did not answer {url} within {timeout:.0f} s; see {child.log}")
+
+
+async def _watch(children: list[Child], ws_url: str, console: Console) -> None:
+    """Print alerts as they arrive; return if a service dies."""
+    while True:
+        dead = [c for c in children if not c.alive()]
+        if dead:
+            names = ", ".join(f"{c.name} (see {c.log})" for c in dead)
+            console.print(f"[red]service exited: {names}[/red]")
+            return
+        try:
+            async with websockets.connect(ws_url) as ws:
+                while all(c.alive() for c in children):
+                    try:
+                        raw = await asyncio.wait_for(ws.recv(), timeout=1.0)
+                    except TimeoutError:
+                        continue
+                    msg = json.loads(raw)
+                    if msg.get("type") == "alert":
+                        a = msg["alert"]
+                        console.print(
+                            f"[yellow]alert[/yellow] {a['ts'][11:19]} {a['device_id']:<10} {a['metric']:<16} "
+                            f"value {a['value']:.2f} (baseline {a['baseline']:.2f}, score {a['score']:.1f})"
+                        )
+        except (OSError, websockets.ConnectionClosed):
+            await asyncio.sleep(1.0)

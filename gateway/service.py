@@ -1,0 +1,147 @@
+"""The gateway: MQTT in, validated readings and dead letters out to Kafka.
+
+Delivery: at-least-once from device to Kafka. An MQTT message is acknowledged to the broker
+only after Kafka acknowledged what was made of it (the reading, its dead letter, or both), so
+a gateway crash leaves the unacknowledged messages with the broker, which redelivers them to
+the persistent session. A redelivered message may be forwarded twice; the stream tier's
+unique key (series, time) absorbs that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Self
+
+import aiomqtt
+from aiokafka import AIOKafkaProducer
+
+from cityops import log
+from cityops.contracts import MQTT_READINGS_FILTER, DeadLetter, encode, now_us
+from cityops.kafka import make_producer
+from cityops.metrics import MetricsServer
+from gateway import metrics
+from gateway.errors import GatewayError, PayloadError
+from gateway.settings import GatewaySettings
+from gateway.validation import Limits, validate
+
+_log = log.get("gateway")
+
+Ack = tuple[int, int, list["asyncio.Future[object]"], int]
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, *, clock: Callable[[], int] = now_us) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._limits = Limits(settings.max_payload_bytes, int(settings.max_future_skew_s * 1_000_000))
+        self._topics = settings.topics
+        self._producer: AIOKafkaProducer | None = None
+        self._mqtt: aiomqtt.Client | None = None
+        self._metrics: MetricsServer | None = None
+        self._acks: asyncio.Queue[Ack] = asyncio.Queue(maxsize=settings.max_in_flight)
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.metrics_port >= 0:
+            self._metrics = MetricsServer(s.metrics_host, s.metrics_port)
+            await self._metrics.start()
+        self._producer = make_producer(s.kafka_bootstrap, client_id=s.mqtt_client_id, linger_ms=s.kafka_linger_ms)
+        await self._producer.start()
+        self._mqtt = aiomqtt.Client(
+            s.mqtt_host,
+            s.mqtt_port,
+            username=s.gateway_mqtt_user,
+            password=s.gateway_mqtt_password,
+            identifier=s.mqtt_client_id,
+            clean_session=s.mqtt_clean_session,
+        )
+        # aiomqtt acknowledges QoS 1 messages as soon as they arrive, before we have forwarded
+        # them: a crash would lose them. Acknowledge manually, after Kafka has them.
+        self._mqtt._client.manual_ack_set(True)
+        await self._mqtt.__aenter__()
+        await self._mqtt.subscribe(MQTT_READINGS_FILTER, qos=1)
+        _log.info("gateway started", mqtt=f"{s.mqtt_host}:{s.mqtt_port}", kafka=s.kafka_bootstrap,
+                  topic=self._topics.readings)
+
+    async def stop(self) -> None:
+        if self._mqtt is not None:
+            try:
+                await self._mqtt.__aexit__(None, None, None)
+            except aiomqtt.MqttError:
+                pass
+            self._mqtt = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self._metrics is not None:
+            await self._metrics.stop()
+        _log.info("gateway stopped")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run(self) -> None:
+        """Forward until cancelled. A Kafka failure ends the run with GatewayError (not acked)."""
+        assert self._mqtt is not None, "start() first"
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._acknowledge())
+            async for message in self._mqtt.messages:
+                await self._handle(message)
+
+    async def _handle(self, message: aiomqtt.Message) -> None:
+        assert self._producer is not None
+        metrics.MESSAGES_IN.inc()
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        topic = message.topic.value
+        now = self._clock()
+        sends: list[asyncio.Future[object]] = []
+        device_ts = now
+        try:
+            outcome = validate(topic, payload, now_us=now, limits=self._limits)
+        except PayloadError as exc:
+            sends.append(await self._dead_letter(exc.reason, topic, payload, now))
+            metrics.DEAD_LETTERS.labels("message").inc()
+        else:
+            if outcome.reading is not None:
+                r = outcome.reading
+                device_ts = r.ts_us
+                sends.append(await self._producer.send(self._topics.readings, encode(r), key=r.device_id.encode()))
+                metrics.READINGS_OUT.inc()
+            if outcome.rejected:
+                reason = "rejected metrics: " + "; ".join(outcome.rejected)
+                sends.append(await self._dead_letter(reason, topic, payload, now))
+                metrics.DEAD_LETTERS.labels("metric").inc()
+        await self._acks.put((message.mid, message.qos, sends, device_ts))
+        metrics.IN_FLIGHT.set(self._acks.qsize())
+
+    async def _dead_letter(self, reason: str, topic: str, payload: bytes, now: int) -> asyncio.Future[object]:
+        assert self._producer is not None
+        device_id = topic.split("/")[3] if topic.count("/") == 4 else None
+        _log.warning("dead letter", reason=reason, topic=topic)
+        letter = DeadLetter(reason=reason, source=f"mqtt:{topic}", payload=payload, received_us=now,
+                            device_id=device_id)
+        return await self._producer.send(
+            self._topics.dead_letter, encode(letter), key=(device_id or "").encode(),
+            headers=[("reason", reason.encode()[:1024])],
+        )
+
+    async def _acknowledge(self) -> None:
+        """Ack MQTT messages in arrival order once Kafka has everything made of them."""
+        assert self._mqtt is not None
+        while True:
+            mid, qos, sends, device_ts = await self._acks.get()
+            try:
+                for send in sends:
+                    await send
+            except Exception as exc:
+                metrics.ERRORS.inc()
+                raise GatewayError(f"Kafka did not accept a forwarded message: {exc!r}") from exc
+            if qos > 0:
+                self._mqtt._client.ack(mid, qos)
+            metrics.LATENCY.observe(max(0.0, (self._clock() - device_ts) / 1e6))
+            metrics.IN_FLIGHT.set(self._acks.qsize())

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from cityops.settings import GATEWAY_METRICS_PORT, CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    """Gateway settings: ``CITYOPS_GATEWAY_<NAME>`` (shared ones: ``CITYOPS_<NAME>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYOPS_GATEWAY_")
+
+    # A fixed client id with a persistent session: while the gateway is down the broker keeps
+    # its subscription and queues QoS 1 messages for it (up to max_queued_messages).
+    mqtt_client_id: str = "cityops-gateway-1"
+    mqtt_clean_session: bool = False
+    # Messages forwarded to Kafka but not yet acknowledged by it; MQTT acks wait for Kafka.
+    max_in_flight: int = 1_000
+    max_payload_bytes: int = 64 * 1024
+    max_future_skew_s: float = 300.0
+    kafka_linger_ms: int = 5
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = GATEWAY_METRICS_PORT

@@ -1,0 +1,106 @@
+"""The alert feed: alerts topic -> ``alerts`` table -> WebSocket hub.
+
+Delivery: offsets are committed after the alerts are stored. A replay re-reads alerts that
+are already stored; ``alert_id`` deduplicates them, and only newly stored alerts are pushed,
+so a wall screen sees each alert once per IOC process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Self
+
+import msgspec
+from aiokafka import AIOKafkaConsumer
+from psycopg_pool import AsyncConnectionPool
+
+from cityops import log
+from cityops.contracts import Alert, decode_alert, now_us, to_datetime
+from cityops.kafka import make_consumer
+from ioc import metrics
+from ioc.hub import Hub
+from ioc.settings import IocSettings
+
+_log = log.get("ioc.alerts")
+
+INSERT = """
+INSERT INTO alerts (alert_id, ts, device_id, kind, metric, value, score, detector, baseline, spread,
+                    window_size, seq, gateway_at, emitted_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (alert_id) DO NOTHING
+RETURNING alert_id
+"""
+
+
+def alert_event(alert: Alert) -> dict[str, Any]:
+    body = msgspec.to_builtins(alert)
+    body["ts"] = to_datetime(alert.ts_us).isoformat()
+    return {"type": "alert", "alert": body}
+
+
+class AlertFeed:
+    def __init__(self, settings: IocSettings, pool: AsyncConnectionPool, hub: Hub,
+                 *, clock: Callable[[], int] = now_us) -> None:
+        self.settings = settings
+        self._pool = pool
+        self._hub = hub
+        self._clock = clock
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self._consumer = make_consumer(s.kafka_bootstrap, s.topics.alerts, group_id=s.group_id,
+                                       client_id=s.client_id, max_poll_records=1_000)
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run(self) -> None:
+        assert self._consumer is not None, "start() first"
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200)
+            if not batch:
+                continue
+            alerts: list[Alert] = []
+            for records in batch.values():
+                for rec in records:
+                    try:
+                        alerts.append(decode_alert(rec.value or b""))
+                    except msgspec.DecodeError as exc:
+                        metrics.ERRORS.labels("decode").inc()
+                        _log.error("undecodable alert skipped", offset=rec.offset, error=str(exc))
+            metrics.ALERTS_IN.inc(len(alerts))
+            new = await self._store(alerts)
+            await self._consumer.commit()
+            for alert in new:
+                self._hub.publish(alert_event(alert))
+                metrics.LATENCY.observe(max(0.0, (self._clock() - alert.ts_us) / 1e6))
+            for tp, records in batch.items():
+                hw = self._consumer.highwater(tp)
+                if hw is not None and records:
+                    metrics.LAG.labels(str(tp.partition)).set(max(0, hw - records[-1].offset - 1))
+
+    async def _store(self, alerts: list[Alert]) -> list[Alert]:
+        new = []
+        async with self._pool.connection() as conn, conn.transaction():
+            for a in alerts:
+                cur = await conn.execute(
+                    INSERT,
+                    (a.alert_id, to_datetime(a.ts_us), a.device_id, a.kind, a.metric, a.value, a.score,
+                     a.detector, a.baseline, a.spread, a.window, a.seq, to_datetime(a.gateway_us),
+                     to_datetime(a.emitted_us)),
+                )
+                if await cur.fetchone() is not None:
+                    new.append(a)
+        metrics.ALERTS_NEW.inc(len(new))
+        return new

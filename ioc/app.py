@@ -1,0 +1,162 @@
+"""The IOC HTTP API and WebSocket endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import make_asgi_app
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from cityops import log, schema
+from ioc import metrics
+from ioc.alerts import AlertFeed
+from ioc.hub import RESYNC, Hub
+from ioc.settings import IocSettings
+
+_log = log.get("ioc")
+
+WALL_DIR = Path(str(resources.files("dashboards").joinpath("wall")))
+
+
+def _aware(name: str, value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise HTTPException(400, f"{name} needs a timezone offset, e.g. 2026-01-01T00:00:00Z")
+    return value
+
+
+def create_app(settings: IocSettings | None = None) -> FastAPI:
+    settings = settings or IocSettings()
+    hub = Hub(settings.ws_queue_size)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = AsyncConnectionPool(settings.pg_dsn, min_size=settings.pool_min, max_size=settings.pool_max,
+                                   open=False, kwargs={"autocommit": True})
+        await pool.open(wait=True, timeout=30)
+        async with pool.connection() as conn:
+            await schema.apply(conn)
+        app.state.pool = pool
+        feed = AlertFeed(settings, pool, hub)
+        try:
+            async with feed, asyncio.TaskGroup() as tasks:
+                runner = tasks.create_task(feed.run())
+                _log.info("api started", alerts_topic=settings.topics.alerts)
+                yield
+                runner.cancel()
+        finally:
+            await pool.close()
+            _log.info("api stopped")
+
+    app = FastAPI(title="cityops IOC", version="0.1.0", lifespan=lifespan)
+    app.state.hub = hub
+    app.mount("/metrics", make_asgi_app())
+    app.mount("/wall", StaticFiles(directory=WALL_DIR, html=True), name="wall")
+
+    async def rows(request: Request, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        pool: AsyncConnectionPool = request.app.state.pool
+        async with pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(query.encode(), params)
+            return await cur.fetchall()
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(WALL_DIR / "index.html")
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> dict[str, Any]:
+        await rows(request, "SELECT 1", {})
+        return {"status": "ok", "ws_clients": len(hub)}
+
+    @app.get("/devices")
+    async def devices(
+        request: Request,
+        kind: str | None = None,
+        district: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Registered devices with their position."""
+        return await rows(
+            request,
+            "SELECT device_id, kind, district, ST_Y(geom::geometry) AS lat, ST_X(geom::geometry) AS lon, attrs "
+            "FROM devices WHERE (%(kind)s::text IS NULL OR kind = %(kind)s) "
+            "AND (%(district)s::text IS NULL OR district = %(district)s) ORDER BY device_id",
+            {"kind": kind, "district": district},
+        )
+
+    @app.get("/readings")
+    async def readings(
+        request: Request,
+        device_id: str,
+        metric: str,
+        start: datetime,
+        end: datetime,
+        limit: Annotated[int, Query(ge=1)] = 1_000,
+    ) -> list[dict[str, Any]]:
+        """One series (device x metric) between ``start`` (inclusive) and ``end`` (exclusive)."""
+        _aware("start", start)
+        _aware("end", end)
+        if end <= start:
+            raise HTTPException(400, "end must be after start")
+        if limit > settings.max_page:
+            raise HTTPException(400, f"limit may be at most {settings.max_page}")
+        return await rows(
+            request,
+            "SELECT ts, value, seq FROM readings WHERE device_id = %(d)s AND metric = %(m)s "
+            "AND ts >= %(s)s AND ts < %(e)s ORDER BY ts LIMIT %(l)s",
+            {"d": device_id, "m": metric, "s": start, "e": end, "l": limit},
+        )
+
+    @app.get("/alerts")
+    async def alerts(
+        request: Request,
+        device_id: str | None = None,
+        since: datetime | None = None,
+        limit: Annotated[int, Query(ge=1)] = 100,
+    ) -> list[dict[str, Any]]:
+        """Most recent alerts first."""
+        _aware("since", since)
+        if limit > settings.max_page:
+            raise HTTPException(400, f"limit may be at most {settings.max_page}")
+        return await rows(
+            request,
+            "SELECT alert_id, ts, device_id, kind, metric, value, score, detector, baseline, spread, "
+            "window_size, seq, emitted_at, received_at FROM alerts "
+            "WHERE (%(d)s::text IS NULL OR device_id = %(d)s) AND (%(s)s::timestamptz IS NULL OR ts >= %(s)s) "
+            "ORDER BY ts DESC LIMIT %(l)s",
+            {"d": device_id, "s": since, "l": limit},
+        )
+
+    @app.websocket("/ws/alerts")
+    async def alerts_ws(ws: WebSocket) -> None:
+        """Every new alert, as ``{"id": n, "type": "alert", "alert": {...}}``."""
+        await ws.accept()
+        sub = hub.subscribe()
+        try:
+            await ws.send_json({"type": "hello", "clients": len(hub)})
+            while True:
+                event = await sub.queue.get()
+                await ws.send_json(event)
+                metrics.WS_SENT.inc()
+                if event is RESYNC:
+                    await ws.close(code=1013)  # "try again later": reconnect and reload
+                    return
+        except WebSocketDisconnect:
+            pass
+        finally:
+            hub.unsubscribe(sub)
+
+    @app.exception_handler(ValueError)
+    async def value_error(_: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    return app

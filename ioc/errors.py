@@ -1,0 +1,7 @@
+"""IOC errors."""
+
+from cityops.errors import CityopsError
+
+
+class IocError(CityopsError):
+    """The IOC service cannot go on."""

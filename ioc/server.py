@@ -1,0 +1,53 @@
+"""Runs the IOC app under uvicorn, as an async context manager (used by the CLI and tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Self
+
+import uvicorn
+
+from ioc.app import create_app
+from ioc.errors import IocError
+from ioc.settings import IocSettings
+
+
+class ApiServer:
+    def __init__(self, settings: IocSettings) -> None:
+        self.settings = settings
+        self.port = settings.port
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = uvicorn.Config(create_app(self.settings), host=self.settings.host, port=self.settings.port,
+                                log_config=None, access_log=False, lifespan="on", ws="websockets")
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise IocError("API server exited during start-up")
+            await asyncio.sleep(0.05)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+
+    async def wait(self) -> None:
+        assert self._task is not None
+        await self._task
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,14 @@
+from prometheus_client import Counter, Gauge, Histogram
+
+from cityops.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
+
+MESSAGES_IN = Counter("cityops_stream_messages_in_total", "Kafka reading messages consumed")
+ROWS_STORED = Counter("cityops_stream_rows_stored_total", "Reading rows newly stored")
+ROWS_DUPLICATE = Counter("cityops_stream_rows_duplicate_total", "Reading rows already stored (replays)")
+ALERTS_OUT = Counter("cityops_stream_alerts_out_total", "Alerts published", ["detector"])
+DEAD_LETTERS = Counter("cityops_stream_dead_letters_total", "Undecodable Kafka messages dead-lettered")
+ERRORS = Counter("cityops_stream_errors_total", "Batches that failed", ["stage"])
+BATCH_SIZE = Histogram("cityops_stream_batch_messages", "Messages per processed batch", buckets=BATCH_BUCKETS)
+LAG = Gauge("cityops_stream_consumer_lag", "Messages behind the partition's high watermark", ["partition"])
+LATENCY = Histogram("cityops_stream_latency_seconds", "Device timestamp to durably stored",
+                    buckets=LATENCY_BUCKETS)

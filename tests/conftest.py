@@ -1,0 +1,67 @@
+"""Fixtures on the real stack: `cityops stack up` once per session, then per test a fresh
+database, fresh topic names and freshly registered devices."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from cityops.contracts import Topics
+from cityops.kafka import ensure_topics
+from cityops.registry import Device
+from cityops.stack import Stack, StackSettings
+from firmware_sim import small_city
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    s = Stack(StackSettings())
+    s.up()
+    return s
+
+
+@pytest.fixture
+def uid() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def _dsn(base: str, database: str) -> str:
+    return base.rsplit("/", 1)[0] + "/" + database
+
+
+@pytest.fixture
+async def database(stack: Stack, uid: str) -> AsyncIterator[str]:
+    """DSN of a new, empty database (PostGIS included through template1), dropped afterwards."""
+    name = f"test_{uid}"
+    base = stack.settings.pg_dsn
+    async with await psycopg.AsyncConnection.connect(base, autocommit=True) as conn:
+        await conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    yield _dsn(base, name)
+    async with await psycopg.AsyncConnection.connect(base, autocommit=True) as conn:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@pytest.fixture
+async def topics(stack: Stack, uid: str) -> AsyncIterator[Topics]:
+    t = Topics(prefix=f"test.{uid}.")
+    await ensure_topics(stack.settings.kafka_bootstrap, t.all(), partitions=3)
+    yield t
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(t.all())
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def fleet(stack: Stack, uid: str) -> Iterator[list[Device]]:
+    """Two devices of each kind, registered with the broker (password + ACL), revoked afterwards."""
+    devices = small_city(2, seed=1, extent=(52.34, 4.85, 52.39, 4.94), prefix=f"t{uid}-")
+    stack.register(devices)
+    yield devices
+    stack.unregister([d.device_id for d in devices])

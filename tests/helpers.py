@@ -1,0 +1,36 @@
+"""Helpers for tests against the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer
+
+
+async def eventually(check: Callable[[], Awaitable[object]], *, timeout: float = 30.0, interval: float = 0.2) -> None:
+    """Poll an async predicate until it is true; fail with its last value otherwise."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: object = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await check()
+        if last:
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0) -> list[bytes]:
+    """Read a topic from the beginning (no group) until ``expect`` messages or the timeout."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    out: list[bytes] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(out) < expect and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            out += [r.value or b"" for records in batch.values() for r in records]
+    finally:
+        await consumer.stop()
+    return out
