@@ -36,6 +36,8 @@ class Published:
 
     sent: int = 0
     acked: int = 0
+    # Metric values acknowledged by the broker: the rows the pipeline must store.
+    rows: int = 0
     by_device: dict[str, dict[int, tuple[datetime, datetime]]] = field(default_factory=dict)
     spikes: list[Spike] = field(default_factory=list)
 
@@ -90,15 +92,15 @@ class SimDevice:
             values["dim_level"] = 100.0 if lit else 0.0
         return {k: round(v, 4) for k, v in values.items()}
 
-    async def publish(self, moment: datetime, spike_metric: str | None = None) -> int:
-        """Publish the next reading; returns its sequence number once the broker acknowledged it."""
+    async def publish(self, moment: datetime, spike_metric: str | None = None) -> tuple[int, int]:
+        """Publish the next reading; returns (seq, number of metrics) once the broker acknowledged it."""
         assert self.client is not None, "start() first"
         seq = self.seq
         self.seq += 1
         body = _Payload(seq=seq, ts=moment.isoformat(timespec="microseconds"),
                         metrics=self.sample(moment, spike_metric))
         await self.client.publish(self.topic, _encoder.encode(body), qos=1)
-        return seq
+        return seq, len(body.metrics)
 
 
 class Simulator:
@@ -150,9 +152,10 @@ class Simulator:
                 if metric is not None:
                     self.published.spikes.append(Spike(dev.device.device_id, metric, dev.seq))
                 self.published.sent += 1
-                seq = await dev.publish(moment, metric)
+                seq, n_metrics = await dev.publish(moment, metric)
                 log_[seq] = (moment, self._clock())
                 self.published.acked += 1
+                self.published.rows += n_metrics
                 if on_tick is not None:
                     on_tick(self.published)
                 next_at += self.settings.interval_s

@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from cityops import log, schema
 from ioc import metrics
 from ioc.alerts import AlertFeed
-from ioc.hub import RESYNC, Hub
+from ioc.hub import RESYNC, Hub, Subscriber
 from ioc.settings import IocSettings
 
 _log = log.get("ioc")
@@ -32,6 +32,37 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise HTTPException(400, f"{name} needs a timezone offset, e.g. 2026-01-01T00:00:00Z")
     return value
+
+
+async def _pump(ws: WebSocket, sub: Subscriber) -> None:
+    """Send queued events until the client leaves, or is told to resync after falling behind.
+
+    The receive side runs alongside: without it a client that went away unnoticed would hold
+    its handler (and server shutdown) until the next event.
+    """
+
+    async def send() -> None:
+        while True:
+            event = await sub.queue.get()
+            await ws.send_json(event)
+            metrics.WS_SENT.inc()
+            if event is RESYNC:
+                await ws.close(code=1013)  # "try again later": reconnect and reload
+                return
+
+    async def receive() -> None:
+        while (await ws.receive())["type"] != "websocket.disconnect":
+            pass
+
+    tasks = [asyncio.create_task(send()), asyncio.create_task(receive())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def create_app(settings: IocSettings | None = None) -> FastAPI:
@@ -143,13 +174,7 @@ def create_app(settings: IocSettings | None = None) -> FastAPI:
         sub = hub.subscribe()
         try:
             await ws.send_json({"type": "hello", "clients": len(hub)})
-            while True:
-                event = await sub.queue.get()
-                await ws.send_json(event)
-                metrics.WS_SENT.inc()
-                if event is RESYNC:
-                    await ws.close(code=1013)  # "try again later": reconnect and reload
-                    return
+            await _pump(ws, sub)
         except WebSocketDisconnect:
             pass
         finally:

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import psycopg
+
+from cityops.contracts import to_us
+from cityops.schema import StorageMode
+from stream.store import ReadingStore, Rows
+
+
+def make_rows(n: int, start_us: int) -> Rows:
+    rows = Rows()
+    for i in range(n):
+        rows.device_ids.append(f"d{i % 3}")
+        rows.metrics.append("pressure_kpa")
+        rows.series.append(i % 3)
+        rows.ts_us.append(start_us + i * 1_000_001)  # odd microseconds survive exactly
+        rows.values.append(400.0 + i)
+        rows.seq.append(i)
+        rows.gateway_us.append(start_us + i * 1_000_001 + 5)
+    return rows
+
+
+async def test_write_is_idempotent_and_exact(database: str) -> None:
+    start = to_us(datetime(2026, 5, 31, 23, 59, 0, 123_457, tzinfo=UTC))  # crosses midnight: two partitions
+    rows = make_rows(120, start)
+    async with ReadingStore(database, mode=StorageMode.NATIVE) as store:
+        assert await store.write(rows) == 120
+        assert await store.write(rows) == 0  # a replayed batch adds nothing
+        extra = make_rows(121, start)
+        assert await store.write(extra) == 1  # only the new row
+        await store.maintain(datetime(2026, 6, 1, 0, 5, tzinfo=UTC))
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cur = await conn.execute("SELECT count(*), min(ts), max(ts) FROM readings")
+        count, lo, hi = await cur.fetchone()  # type: ignore[misc]
+        assert count == 121
+        assert to_us(lo) == start and to_us(hi) == start + 120 * 1_000_001
+        cur = await conn.execute("SELECT sum(n) FROM readings_1m")
+        assert (await cur.fetchone()) == (121,)
+        cur = await conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'readings'::regclass")
+        (partitions,) = await cur.fetchone()  # type: ignore[misc]
+        assert partitions >= 2

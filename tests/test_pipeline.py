@@ -1,0 +1,108 @@
+"""End to end on the real stack: simulated devices -> Mosquitto -> gateway -> Kafka -> stream
+-> PostgreSQL and alerts -> IOC -> a real WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+
+import aiomqtt
+import psycopg
+import pytest
+import websockets
+
+from cityops import contracts, schema
+from cityops.contracts import Topics, mqtt_readings_topic
+from cityops.registry import Device, device_password
+from cityops.stack import Stack
+from firmware_sim import SimSettings, Simulator, Spike
+from gateway import Gateway, GatewaySettings
+from ioc import ApiServer, IocSettings
+from stream import StreamService, StreamSettings
+from tests.helpers import eventually, read_topic
+
+PER_DEVICE = 60
+SPIKE_SEQ = 45
+
+
+async def count_rows(dsn: str) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT count(*) FROM readings")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+@pytest.mark.slow
+async def test_reading_to_websocket_alert(stack: Stack, topics: Topics, database: str, fleet: list[Device],
+                                          uid: str) -> None:
+    common = {"topic_prefix": topics.prefix, "pg_dsn": database}
+    pipe = next(d for d in fleet if d.kind == "pipe_node")
+    spike = Spike(pipe.device_id, "pressure_kpa", SPIKE_SEQ)
+    sim = Simulator(SimSettings(interval_s=0.02, spikes_per_device_hour=0, seed=11), fleet, spikes=[spike])
+
+    async with (
+        StreamService(StreamSettings(**common, group_id=f"stream-{uid}", metrics_port=0)) as stream,
+        ApiServer(IocSettings(**common, group_id=f"ioc-{uid}", port=0)) as api,
+        Gateway(GatewaySettings(**common, mqtt_client_id=f"gw-{uid}", mqtt_clean_session=True,
+                                metrics_port=0)) as gateway,
+        asyncio.TaskGroup() as tasks,
+    ):
+        services = [tasks.create_task(stream.run()), tasks.create_task(gateway.run())]
+        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+            await schema.upsert_devices(conn, fleet)
+
+        received: list[tuple[float, dict[str, object]]] = []
+        async with websockets.connect(f"ws://127.0.0.1:{api.port}/ws/alerts") as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+
+            async def listen() -> None:
+                async for raw in ws:
+                    received.append((time.time(), json.loads(raw)))
+
+            listener = tasks.create_task(listen())
+            async with sim:
+                published = await sim.run(count=PER_DEVICE)
+            # A malformed payload from an authenticated device goes to the dead-letter topic.
+            async with aiomqtt.Client(stack.settings.mqtt_host, stack.settings.mqtt_port, username=pipe.device_id,
+                                      password=device_password(stack.settings.fleet_secret, pipe.device_id)) as c:
+                await c.publish(mqtt_readings_topic(pipe.kind, pipe.device_id), b"\x00 not json", qos=1)
+
+            assert published.acked == PER_DEVICE * len(fleet)
+            await eventually(lambda: _spike_seen(received, spike), timeout=30)
+            await eventually(lambda: _equals(count_rows(database), published.rows), timeout=30)
+            listener.cancel()
+        for task in services:
+            task.cancel()
+
+    assert await count_rows(database) == published.rows  # exactly: nothing lost, nothing doubled
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cur = await conn.execute("SELECT count(DISTINCT (device_id, seq)) FROM readings")
+        assert (await cur.fetchone()) == (PER_DEVICE * len(fleet),)
+    letters = [contracts.decode_dead_letter(v) for v in
+               await read_topic(stack.settings.kafka_bootstrap, topics.dead_letter, expect=1)]
+    assert [(x.device_id, x.payload) for x in letters] == [(pipe.device_id, b"\x00 not json")]
+    assert letters[0].reason.startswith("invalid payload")
+
+    arrival, event = next((t, e) for t, e in received if _is_spike(e, spike))
+    device_ts, _ = published.by_device[pipe.device_id][SPIKE_SEQ]
+    latency_ms = (arrival - device_ts.timestamp()) * 1000
+    print(f"\npublish-to-WebSocket latency: {latency_ms:.1f} ms "
+          f"(rows {published.rows}, messages {published.acked})")
+    assert event["alert"]["value"] > event["alert"]["baseline"]  # type: ignore[index]
+    assert latency_ms < 30_000
+
+
+def _is_spike(event: dict[str, object], spike: Spike) -> bool:
+    alert = event.get("alert")
+    return (isinstance(alert, dict) and alert["device_id"] == spike.device_id
+            and alert["metric"] == spike.metric and alert["seq"] == spike.seq)
+
+
+async def _spike_seen(received: list[tuple[float, dict[str, object]]], spike: Spike) -> bool:
+    return any(_is_spike(e, spike) for _, e in received)
+
+
+async def _equals(value: object, expected: int) -> bool:
+    return await value == expected  # type: ignore[misc]
