@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from cityops.registry import Device
 from cityops.runner import serve
 from cityops.stack import Stack, StackSettings
 
@@ -106,8 +108,11 @@ def sim(
     """Run a simulated city: registers its devices, then publishes their readings over MQTT."""
     from firmware_sim import SimSettings, Simulator, small_city
 
-    overrides = {k: v for k, v in {"per_kind": per_kind, "interval_s": interval, "duration_s": duration,
-                                   "seed": seed}.items() if v is not None}
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {"per_kind": per_kind, "interval_s": interval, "duration_s": duration, "seed": seed}.items()
+        if v is not None
+    }
     settings = SimSettings(**overrides)
     _logging(settings.log_level, settings.log_format)
     devices = small_city(settings.per_kind, seed=settings.seed, extent=settings.extent, prefix=settings.id_prefix)
@@ -118,32 +123,34 @@ def sim(
 
         async with Simulator(settings, devices) as simulator:
             with Live(console=console, refresh_per_second=2, transient=False) as live:
+
                 def tick(p: object) -> None:
-                    live.update(f"devices {len(devices)}  sent {simulator.published.sent}  "
-                                f"acknowledged {simulator.published.acked}  "
-                                f"spikes {len(simulator.published.spikes)}")
+                    live.update(
+                        f"devices {len(devices)}  sent {simulator.published.sent}  "
+                        f"acknowledged {simulator.published.acked}  "
+                        f"spikes {len(simulator.published.spikes)}"
+                    )
+
                 await simulator.run(duration_s=settings.duration_s or None, on_tick=tick)
 
     serve(main)
 
 
-def _register(devices: list[object]) -> None:
+def _register(devices: list[Device]) -> None:
     """Registry file + broker credentials + the devices table."""
     import asyncio
 
     import psycopg
 
     from cityops import schema
-    from cityops.registry import Device
 
     stack = Stack(StackSettings(install_packages=False))
-    typed = [d for d in devices if isinstance(d, Device)]
-    stack.register(typed)
+    stack.register(devices)
 
     async def db() -> None:
         async with await psycopg.AsyncConnection.connect(stack.settings.pg_dsn, autocommit=True) as conn:
             await schema.apply(conn)
-            await schema.upsert_devices(conn, typed)
+            await schema.upsert_devices(conn, devices)
 
     asyncio.run(db())
 

@@ -195,9 +195,9 @@ async def ensure_partitions(conn: psycopg.AsyncConnection[object], days: Iterabl
         row = await cur.fetchone()
         if row is not None and row[0] is not None:  # type: ignore[index]
             continue
-        stmt = sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} PARTITION OF readings FOR VALUES FROM ({}) TO ({})"
-        ).format(sql.Identifier(name), sql.Literal(start), sql.Literal(start + timedelta(days=1)))
+        stmt = sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF readings FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(name), sql.Literal(start), sql.Literal(start + timedelta(days=1))
+        )
         async with conn.transaction():
             await conn.execute(stmt)
         created.append(name)
@@ -214,13 +214,14 @@ async def drop_expired(conn: psycopg.AsyncConnection[object], now: datetime) -> 
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "WHERE i.inhparent = 'readings'::regclass ORDER BY 1"
     )
-    dropped = []
-    for (name,) in await cur.fetchall():  # type: ignore[misc]
-        day = datetime.strptime(str(name)[len("readings_p"):], "%Y%m%d").date()
+    dropped: list[str] = []
+    for row in await cur.fetchall():
+        name = str(row[0])  # type: ignore[index]
+        day = datetime.strptime(name[len("readings_p") :], "%Y%m%d").date()
         if day + timedelta(days=1) <= cutoff:
             async with conn.transaction():
-                await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(str(name))))
-            dropped.append(str(name))
+                await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            dropped.append(name)
     return dropped
 
 
@@ -252,13 +253,12 @@ async def upsert_devices(conn: psycopg.AsyncConnection[object], devices: Iterabl
         (d.device_id, str(d.kind), d.district, d.lon, d.lat, psycopg.types.json.Jsonb(d.attrs))  # type: ignore[attr-defined]
         for d in devices
     ]
-    async with conn.transaction():
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO devices (device_id, kind, district, geom, attrs) "
-                "VALUES (%s, %s, %s, ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography, %s) "
-                "ON CONFLICT (device_id) DO UPDATE SET kind = EXCLUDED.kind, district = EXCLUDED.district, "
-                "geom = EXCLUDED.geom, attrs = EXCLUDED.attrs",
-                rows,
-            )
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO devices (device_id, kind, district, geom, attrs) "
+            "VALUES (%s, %s, %s, ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography, %s) "
+            "ON CONFLICT (device_id) DO UPDATE SET kind = EXCLUDED.kind, district = EXCLUDED.district, "
+            "geom = EXCLUDED.geom, attrs = EXCLUDED.attrs",
+            rows,
+        )
     return len(rows)

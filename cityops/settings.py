@@ -45,9 +45,7 @@ class CommonSettings(BaseSettings):
 
     mqtt_host: str = Field("127.0.0.1", validation_alias=_shared("mqtt_host"))
     mqtt_port: int = Field(MQTT_PORT, validation_alias=_shared("mqtt_port"))
-    kafka_bootstrap: str = Field(
-        f"127.0.0.1:{KAFKA_PORT}", validation_alias=_shared("kafka_bootstrap")
-    )
+    kafka_bootstrap: str = Field(f"127.0.0.1:{KAFKA_PORT}", validation_alias=_shared("kafka_bootstrap"))
     pg_dsn: str = Field(
         f"postgresql://cityops:cityops@127.0.0.1:{POSTGRES_PORT}/cityops",
         validation_alias=_shared("pg_dsn"),

@@ -33,7 +33,9 @@ class Child:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cityops", self.name],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 env={**os.environ, "CITYOPS_LOG_FORMAT": "json", **self.env},
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children in order
             )
@@ -70,17 +72,19 @@ def run_city(*, per_kind: int, interval_s: float, console: Console) -> None:
             child.start()
             if child.name == "api":
                 _wait_http(f"{api_url}/healthz", child, timeout=60)
-        console.print(Panel.fit(
-            f"wall screen   {api_url}/\n"
-            f"API docs      {api_url}/docs\n"
-            f"alerts (WS)   ws://127.0.0.1:{API_PORT}/ws/alerts\n"
-            f"metrics       {api_url}/metrics  http://127.0.0.1:{GATEWAY_METRICS_PORT}/metrics  "
-            f"http://127.0.0.1:{STREAM_METRICS_PORT}/metrics\n"
-            f"logs          {log_dir}/\n"
-            f"city          {per_kind * 4} devices, a reading each every {interval_s:g} s\n"
-            "Ctrl-C stops everything this command started.",
-            title="cityops is running",
-        ))
+        console.print(
+            Panel.fit(
+                f"wall screen   {api_url}/\n"
+                f"API docs      {api_url}/docs\n"
+                f"alerts (WS)   ws://127.0.0.1:{API_PORT}/ws/alerts\n"
+                f"metrics       {api_url}/metrics  http://127.0.0.1:{GATEWAY_METRICS_PORT}/metrics  "
+                f"http://127.0.0.1:{STREAM_METRICS_PORT}/metrics\n"
+                f"logs          {log_dir}/\n"
+                f"city          {per_kind * 4} devices, a reading each every {interval_s:g} s\n"
+                "Ctrl-C stops everything this command started.",
+                title="cityops is running",
+            )
+        )
         try:
             asyncio.run(_watch(children, f"ws://127.0.0.1:{API_PORT}/ws/alerts", console))
         except KeyboardInterrupt:

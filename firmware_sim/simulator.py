@@ -65,7 +65,8 @@ class SimDevice:
     async def start(self) -> None:
         s = self._settings
         self.client = aiomqtt.Client(
-            s.mqtt_host, s.mqtt_port,
+            s.mqtt_host,
+            s.mqtt_port,
             username=self.device.device_id,
             password=device_password(s.fleet_secret, self.device.device_id),
             identifier=f"dev-{self.device.device_id}",
@@ -97,8 +98,9 @@ class SimDevice:
         assert self.client is not None, "start() first"
         seq = self.seq
         self.seq += 1
-        body = _Payload(seq=seq, ts=moment.isoformat(timespec="microseconds"),
-                        metrics=self.sample(moment, spike_metric))
+        body = _Payload(
+            seq=seq, ts=moment.isoformat(timespec="microseconds"), metrics=self.sample(moment, spike_metric)
+        )
         await self.client.publish(self.topic, _encoder.encode(body), qos=1)
         return seq, len(body.metrics)
 
@@ -134,8 +136,13 @@ class Simulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def run(self, *, count: int | None = None, duration_s: float | None = None,
-                  on_tick: Callable[[Published], None] | None = None) -> Published:
+    async def run(
+        self,
+        *,
+        count: int | None = None,
+        duration_s: float | None = None,
+        on_tick: Callable[[Published], None] | None = None,
+    ) -> Published:
         """Every device publishes every ``interval_s`` until ``count`` readings each or ``duration_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + duration_s if duration_s else None

@@ -61,8 +61,9 @@ class Gateway:
         self._mqtt._client.manual_ack_set(True)
         await self._mqtt.__aenter__()
         await self._mqtt.subscribe(MQTT_READINGS_FILTER, qos=1)
-        _log.info("gateway started", mqtt=f"{s.mqtt_host}:{s.mqtt_port}", kafka=s.kafka_bootstrap,
-                  topic=self._topics.readings)
+        _log.info(
+            "gateway started", mqtt=f"{s.mqtt_host}:{s.mqtt_port}", kafka=s.kafka_bootstrap, topic=self._topics.readings
+        )
 
     async def stop(self) -> None:
         if self._mqtt is not None:
@@ -123,10 +124,13 @@ class Gateway:
         assert self._producer is not None
         device_id = topic.split("/")[3] if topic.count("/") == 4 else None
         _log.warning("dead letter", reason=reason, topic=topic)
-        letter = DeadLetter(reason=reason, source=f"mqtt:{topic}", payload=payload, received_us=now,
-                            device_id=device_id)
-        return await self._producer.send(
-            self._topics.dead_letter, encode(letter), key=(device_id or "").encode(),
+        letter = DeadLetter(
+            reason=reason, source=f"mqtt:{topic}", payload=payload, received_us=now, device_id=device_id
+        )
+        return await self._producer.send(  # type: ignore[no-any-return]
+            self._topics.dead_letter,
+            encode(letter),
+            key=(device_id or "").encode(),
             headers=[("reason", reason.encode()[:1024])],
         )
 

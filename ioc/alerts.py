@@ -39,8 +39,9 @@ def alert_event(alert: Alert) -> dict[str, Any]:
 
 
 class AlertFeed:
-    def __init__(self, settings: IocSettings, pool: AsyncConnectionPool, hub: Hub,
-                 *, clock: Callable[[], int] = now_us) -> None:
+    def __init__(
+        self, settings: IocSettings, pool: AsyncConnectionPool, hub: Hub, *, clock: Callable[[], int] = now_us
+    ) -> None:
         self.settings = settings
         self._pool = pool
         self._hub = hub
@@ -49,8 +50,9 @@ class AlertFeed:
 
     async def start(self) -> None:
         s = self.settings
-        self._consumer = make_consumer(s.kafka_bootstrap, s.topics.alerts, group_id=s.group_id,
-                                       client_id=s.client_id, max_poll_records=1_000)
+        self._consumer = make_consumer(
+            s.kafka_bootstrap, s.topics.alerts, group_id=s.group_id, client_id=s.client_id, max_poll_records=1_000
+        )
         await self._consumer.start()
 
     async def stop(self) -> None:
@@ -96,9 +98,22 @@ class AlertFeed:
             for a in alerts:
                 cur = await conn.execute(
                     INSERT,
-                    (a.alert_id, to_datetime(a.ts_us), a.device_id, a.kind, a.metric, a.value, a.score,
-                     a.detector, a.baseline, a.spread, a.window, a.seq, to_datetime(a.gateway_us),
-                     to_datetime(a.emitted_us)),
+                    (
+                        a.alert_id,
+                        to_datetime(a.ts_us),
+                        a.device_id,
+                        a.kind,
+                        a.metric,
+                        a.value,
+                        a.score,
+                        a.detector,
+                        a.baseline,
+                        a.spread,
+                        a.window,
+                        a.seq,
+                        to_datetime(a.gateway_us),
+                        to_datetime(a.emitted_us),
+                    ),
                 )
                 if await cur.fetchone() is not None:
                     new.append(a)

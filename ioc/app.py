@@ -71,8 +71,13 @@ def create_app(settings: IocSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = AsyncConnectionPool(settings.pg_dsn, min_size=settings.pool_min, max_size=settings.pool_max,
-                                   open=False, kwargs={"autocommit": True})
+        pool = AsyncConnectionPool(
+            settings.pg_dsn,
+            min_size=settings.pool_min,
+            max_size=settings.pool_max,
+            open=False,
+            kwargs={"autocommit": True},
+        )
         await pool.open(wait=True, timeout=30)
         async with pool.connection() as conn:
             await schema.apply(conn)
@@ -92,6 +97,13 @@ def create_app(settings: IocSettings | None = None) -> FastAPI:
     app.state.hub = hub
     app.mount("/metrics", make_asgi_app())
     app.mount("/wall", StaticFiles(directory=WALL_DIR, html=True), name="wall")
+
+    def _page(limit: int | None, default: int) -> int:
+        if limit is None:
+            return min(default, settings.max_page)
+        if limit > settings.max_page:
+            raise HTTPException(400, f"limit may be at most {settings.max_page}")
+        return limit
 
     async def rows(request: Request, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         pool: AsyncConnectionPool = request.app.state.pool
@@ -131,15 +143,14 @@ def create_app(settings: IocSettings | None = None) -> FastAPI:
         metric: str,
         start: datetime,
         end: datetime,
-        limit: Annotated[int, Query(ge=1)] = 1_000,
+        limit: Annotated[int | None, Query(ge=1)] = None,
     ) -> list[dict[str, Any]]:
         """One series (device x metric) between ``start`` (inclusive) and ``end`` (exclusive)."""
         _aware("start", start)
         _aware("end", end)
         if end <= start:
             raise HTTPException(400, "end must be after start")
-        if limit > settings.max_page:
-            raise HTTPException(400, f"limit may be at most {settings.max_page}")
+        limit = _page(limit, 1_000)
         return await rows(
             request,
             "SELECT ts, value, seq FROM readings WHERE device_id = %(d)s AND metric = %(m)s "
@@ -152,12 +163,11 @@ def create_app(settings: IocSettings | None = None) -> FastAPI:
         request: Request,
         device_id: str | None = None,
         since: datetime | None = None,
-        limit: Annotated[int, Query(ge=1)] = 100,
+        limit: Annotated[int | None, Query(ge=1)] = None,
     ) -> list[dict[str, Any]]:
         """Most recent alerts first."""
         _aware("since", since)
-        if limit > settings.max_page:
-            raise HTTPException(400, f"limit may be at most {settings.max_page}")
+        limit = _page(limit, 100)
         return await rows(
             request,
             "SELECT alert_id, ts, device_id, kind, metric, value, score, detector, baseline, spread, "

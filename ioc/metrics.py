@@ -9,5 +9,8 @@ WS_CLIENTS = Gauge("cityops_ioc_ws_clients", "Connected WebSocket clients")
 WS_SENT = Counter("cityops_ioc_ws_messages_sent_total", "Messages pushed to WebSocket clients")
 WS_DROPPED = Counter("cityops_ioc_ws_clients_dropped_total", "Clients dropped for falling behind")
 LAG = Gauge("cityops_ioc_consumer_lag", "Alert messages behind the high watermark", ["partition"])
-LATENCY = Histogram("cityops_ioc_latency_seconds", "Device timestamp of the anomalous reading to WebSocket push",
-                    buckets=LATENCY_BUCKETS)
+LATENCY = Histogram(
+    "cityops_ioc_latency_seconds",
+    "Device timestamp of the anomalous reading to WebSocket push",
+    buckets=LATENCY_BUCKETS,
+)

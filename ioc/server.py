@@ -20,8 +20,15 @@ class ApiServer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        config = uvicorn.Config(create_app(self.settings), host=self.settings.host, port=self.settings.port,
-                                log_config=None, access_log=False, lifespan="on", ws="websockets-sansio")
+        config = uvicorn.Config(
+            create_app(self.settings),
+            host=self.settings.host,
+            port=self.settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            ws="websockets-sansio",
+        )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())
         while not self._server.started:

@@ -62,7 +62,7 @@ def ewma_zscore_kernel(
         m = mean[s]
         sd = np.sqrt(var[s])
         floor = min_spread * (abs(m) + 1.0)
-        eff = sd if sd > floor else floor
+        eff = max(floor, sd)
         z = (x - m) / eff
         warmed = n >= warmup
         score = abs(z) if warmed else 0.0
@@ -124,7 +124,7 @@ class EwmaZScore:
 
     @property
     def window(self) -> int:
-        return int(round(2.0 / self.params.alpha - 1.0))
+        return round(2.0 / self.params.alpha - 1.0)
 
     def _grow(self, needed: int) -> None:
         size = self.mean.shape[0]
@@ -145,8 +145,21 @@ class EwmaZScore:
         out = Scored(np.empty(n), np.empty(n), np.empty(n), np.empty(n, np.bool_))
         p = self.params
         ewma_zscore_kernel(
-            series, values, self.mean, self.var, self.count, self.since_alarm,
-            p.alpha, p.warmup, p.threshold, p.clip, p.refractory, p.min_spread,
-            out.scores, out.baselines, out.spreads, out.alarms,
+            series,
+            values,
+            self.mean,
+            self.var,
+            self.count,
+            self.since_alarm,
+            p.alpha,
+            p.warmup,
+            p.threshold,
+            p.clip,
+            p.refractory,
+            p.min_spread,
+            out.scores,
+            out.baselines,
+            out.spreads,
+            out.alarms,
         )
         return out

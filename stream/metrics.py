@@ -10,5 +10,4 @@ DEAD_LETTERS = Counter("cityops_stream_dead_letters_total", "Undecodable Kafka m
 ERRORS = Counter("cityops_stream_errors_total", "Batches that failed", ["stage"])
 BATCH_SIZE = Histogram("cityops_stream_batch_messages", "Messages per processed batch", buckets=BATCH_BUCKETS)
 LAG = Gauge("cityops_stream_consumer_lag", "Messages behind the partition's high watermark", ["partition"])
-LATENCY = Histogram("cityops_stream_latency_seconds", "Device timestamp to durably stored",
-                    buckets=LATENCY_BUCKETS)
+LATENCY = Histogram("cityops_stream_latency_seconds", "Device timestamp to durably stored", buckets=LATENCY_BUCKETS)

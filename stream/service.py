@@ -47,8 +47,11 @@ class StreamService:
         self.series = SeriesIndex()
         self.detector = EwmaZScore(
             EwmaParams(
-                alpha=settings.ewma_alpha, warmup=settings.ewma_warmup, threshold=settings.ewma_threshold,
-                clip=settings.ewma_clip, refractory=settings.ewma_refractory,
+                alpha=settings.ewma_alpha,
+                warmup=settings.ewma_warmup,
+                threshold=settings.ewma_threshold,
+                clip=settings.ewma_clip,
+                refractory=settings.ewma_refractory,
             )
         )
         self._consumer: AIOKafkaConsumer | None = None
@@ -64,7 +67,10 @@ class StreamService:
         self._producer = make_producer(s.kafka_bootstrap, client_id=s.client_id)
         await self._producer.start()
         self._consumer = make_consumer(
-            s.kafka_bootstrap, self._topics.readings, group_id=s.group_id, client_id=s.client_id,
+            s.kafka_bootstrap,
+            self._topics.readings,
+            group_id=s.group_id,
+            client_id=s.client_id,
             max_poll_records=s.max_batch,
         )
         await self._consumer.start()
@@ -118,9 +124,14 @@ class StreamService:
                 try:
                     reading = decode_reading(value)
                 except msgspec.DecodeError as exc:
-                    dead.append(DeadLetter(reason=f"undecodable reading: {exc}",
-                                           source=f"kafka:{tp.topic}/{tp.partition}@{rec.offset}",
-                                           payload=value, received_us=now))
+                    dead.append(
+                        DeadLetter(
+                            reason=f"undecodable reading: {exc}",
+                            source=f"kafka:{tp.topic}/{tp.partition}@{rec.offset}",
+                            payload=value,
+                            received_us=now,
+                        )
+                    )
                     continue
                 readings.append(reading)
                 rows.kind_of[reading.device_id] = reading.kind
@@ -177,10 +188,18 @@ class StreamService:
             alerts.append(
                 Alert(
                     alert_id=Alert.make_id(device_id, metric, int(ts[i]), self.detector.name),
-                    device_id=device_id, kind=rows.kind_of[device_id], metric=metric, ts_us=int(ts[i]),
-                    value=float(values[i]), score=float(scored.scores[i]), detector=self.detector.name,
-                    baseline=float(scored.baselines[i]), spread=float(scored.spreads[i]),
-                    window=self.detector.window, seq=rows.seq[i], gateway_us=rows.gateway_us[i],
+                    device_id=device_id,
+                    kind=rows.kind_of[device_id],
+                    metric=metric,
+                    ts_us=int(ts[i]),
+                    value=float(values[i]),
+                    score=float(scored.scores[i]),
+                    detector=self.detector.name,
+                    baseline=float(scored.baselines[i]),
+                    spread=float(scored.spreads[i]),
+                    window=self.detector.window,
+                    seq=rows.seq[i],
+                    gateway_us=rows.gateway_us[i],
                     emitted_us=emitted,
                 )
             )
@@ -188,7 +207,13 @@ class StreamService:
 
     async def _send_alert(self, alert: Alert) -> asyncio.Future[object]:
         assert self._producer is not None
-        _log.info("alert", device=alert.device_id, metric=alert.metric, value=alert.value,
-                  baseline=round(alert.baseline, 3), score=round(alert.score, 2))
+        _log.info(
+            "alert",
+            device=alert.device_id,
+            metric=alert.metric,
+            value=alert.value,
+            baseline=round(alert.baseline, 3),
+            score=round(alert.score, 2),
+        )
         metrics.ALERTS_OUT.labels(alert.detector).inc()
-        return await self._producer.send(self._topics.alerts, encode(alert), key=alert.device_id.encode())
+        return await self._producer.send(self._topics.alerts, encode(alert), key=alert.device_id.encode())  # type: ignore[no-any-return]

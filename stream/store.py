@@ -106,16 +106,16 @@ class ReadingStore:
             if missing:
                 await schema.ensure_partitions(self.conn, missing)
                 self._partitions |= missing
-        async with self.conn.transaction():
-            async with self.conn.cursor() as cur:
-                async with cur.copy(
-                    "COPY readings_stage (ts_us, device_id, metric, value, seq, gateway_us) FROM STDIN"
-                ) as copy:
-                    for row in zip(rows.ts_us, rows.device_ids, rows.metrics, rows.values, rows.seq,
-                                   rows.gateway_us, strict=True):
-                        await copy.write_row(row)
-                await cur.execute(MERGE)
-                inserted = cur.rowcount
+        async with self.conn.transaction(), self.conn.cursor() as cur:
+            async with cur.copy(
+                "COPY readings_stage (ts_us, device_id, metric, value, seq, gateway_us) FROM STDIN"
+            ) as copy:
+                for row in zip(
+                    rows.ts_us, rows.device_ids, rows.metrics, rows.values, rows.seq, rows.gateway_us, strict=True
+                ):
+                    await copy.write_row(row)
+            await cur.execute(MERGE)
+            inserted = cur.rowcount
         self._dirty = (lo, hi) if self._dirty is None else (min(lo, self._dirty[0]), max(hi, self._dirty[1]))
         return inserted
 
@@ -136,5 +136,5 @@ class ReadingStore:
             await schema.ensure_partitions(self.conn, upcoming)
             self._partitions |= upcoming
         for name in await schema.drop_expired(self.conn, now):
-            day = datetime.strptime(name[len("readings_p"):], "%Y%m%d").date()
+            day = datetime.strptime(name[len("readings_p") :], "%Y%m%d").date()
             self._partitions.discard(day)

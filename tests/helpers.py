@@ -22,8 +22,9 @@ async def eventually(check: Callable[[], Awaitable[object]], *, timeout: float =
 
 async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0) -> list[bytes]:
     """Read a topic from the beginning (no group) until ``expect`` messages or the timeout."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
     await consumer.start()
     out: list[bytes] = []
     try:
@@ -34,4 +35,3 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float 
     finally:
         await consumer.stop()
     return out
-

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import UTC, datetime
 
 import aiomqtt
 import psycopg
@@ -35,8 +34,9 @@ async def count_rows(dsn: str) -> int:
 
 
 @pytest.mark.slow
-async def test_reading_to_websocket_alert(stack: Stack, topics: Topics, database: str, fleet: list[Device],
-                                          uid: str) -> None:
+async def test_reading_to_websocket_alert(
+    stack: Stack, topics: Topics, database: str, fleet: list[Device], uid: str
+) -> None:
     common = {"topic_prefix": topics.prefix, "pg_dsn": database}
     pipe = next(d for d in fleet if d.kind == "pipe_node")
     spike = Spike(pipe.device_id, "pressure_kpa", SPIKE_SEQ)
@@ -45,8 +45,9 @@ async def test_reading_to_websocket_alert(stack: Stack, topics: Topics, database
     async with (
         StreamService(StreamSettings(**common, group_id=f"stream-{uid}", metrics_port=0)) as stream,
         ApiServer(IocSettings(**common, group_id=f"ioc-{uid}", port=0)) as api,
-        Gateway(GatewaySettings(**common, mqtt_client_id=f"gw-{uid}", mqtt_clean_session=True,
-                                metrics_port=0)) as gateway,
+        Gateway(
+            GatewaySettings(**common, mqtt_client_id=f"gw-{uid}", mqtt_clean_session=True, metrics_port=0)
+        ) as gateway,
         asyncio.TaskGroup() as tasks,
     ):
         services = [tasks.create_task(stream.run()), tasks.create_task(gateway.run())]
@@ -65,8 +66,12 @@ async def test_reading_to_websocket_alert(stack: Stack, topics: Topics, database
             async with sim:
                 published = await sim.run(count=PER_DEVICE)
             # A malformed payload from an authenticated device goes to the dead-letter topic.
-            async with aiomqtt.Client(stack.settings.mqtt_host, stack.settings.mqtt_port, username=pipe.device_id,
-                                      password=device_password(stack.settings.fleet_secret, pipe.device_id)) as c:
+            async with aiomqtt.Client(
+                stack.settings.mqtt_host,
+                stack.settings.mqtt_port,
+                username=pipe.device_id,
+                password=device_password(stack.settings.fleet_secret, pipe.device_id),
+            ) as c:
                 await c.publish(mqtt_readings_topic(pipe.kind, pipe.device_id), b"\x00 not json", qos=1)
 
             assert published.acked == PER_DEVICE * len(fleet)
@@ -80,24 +85,29 @@ async def test_reading_to_websocket_alert(stack: Stack, topics: Topics, database
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cur = await conn.execute("SELECT count(DISTINCT (device_id, seq)) FROM readings")
         assert (await cur.fetchone()) == (PER_DEVICE * len(fleet),)
-    letters = [contracts.decode_dead_letter(v) for v in
-               await read_topic(stack.settings.kafka_bootstrap, topics.dead_letter, expect=1)]
+    letters = [
+        contracts.decode_dead_letter(v)
+        for v in await read_topic(stack.settings.kafka_bootstrap, topics.dead_letter, expect=1)
+    ]
     assert [(x.device_id, x.payload) for x in letters] == [(pipe.device_id, b"\x00 not json")]
     assert letters[0].reason.startswith("invalid payload")
 
     arrival, event = next((t, e) for t, e in received if _is_spike(e, spike))
     device_ts, _ = published.by_device[pipe.device_id][SPIKE_SEQ]
     latency_ms = (arrival - device_ts.timestamp()) * 1000
-    print(f"\npublish-to-WebSocket latency: {latency_ms:.1f} ms "
-          f"(rows {published.rows}, messages {published.acked})")
+    print(f"\npublish-to-WebSocket latency: {latency_ms:.1f} ms (rows {published.rows}, messages {published.acked})")
     assert event["alert"]["value"] > event["alert"]["baseline"]  # type: ignore[index]
     assert latency_ms < 30_000
 
 
 def _is_spike(event: dict[str, object], spike: Spike) -> bool:
     alert = event.get("alert")
-    return (isinstance(alert, dict) and alert["device_id"] == spike.device_id
-            and alert["metric"] == spike.metric and alert["seq"] == spike.seq)
+    return (
+        isinstance(alert, dict)
+        and alert["device_id"] == spike.device_id
+        and alert["metric"] == spike.metric
+        and alert["seq"] == spike.seq
+    )
 
 
 async def _spike_seen(received: list[tuple[float, dict[str, object]]], spike: Spike) -> bool:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from cityops import registry
@@ -26,7 +25,7 @@ from cityops.stack.packages import ensure_packages
 from cityops.stack.postgres import Postgres
 from cityops.stack.process import port_open
 
-__all__ = ["Stack", "StackSettings", "ComponentStatus"]
+__all__ = ["ComponentStatus", "Stack", "StackSettings"]
 
 
 class StackSettings(CommonSettings):
@@ -53,9 +52,7 @@ class Stack:
         kafka_host, kafka_port = settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
         dsn = urlsplit(settings.pg_dsn)
         self.mosquitto = Mosquitto(state, settings.mqtt_host, settings.mqtt_port)
-        self.kafka = Kafka(
-            state, kafka_host, int(kafka_port), settings.kafka_controller_port, heap=settings.kafka_heap
-        )
+        self.kafka = Kafka(state, kafka_host, int(kafka_port), settings.kafka_controller_port, heap=settings.kafka_heap)
         self.postgres = Postgres(
             state,
             dsn.hostname or "127.0.0.1",
@@ -138,11 +135,22 @@ class Stack:
     def status(self) -> list[ComponentStatus]:
         s = self.settings
         return [
-            ComponentStatus("postgres", self.postgres.pid() if self.postgres.running() else None,
-                            f"{self.postgres.host}:{self.postgres.port}",
-                            port_open(self.postgres.host, self.postgres.port)),
-            ComponentStatus("mosquitto", self.mosquitto.daemon.pid(), f"{s.mqtt_host}:{s.mqtt_port}",
-                            port_open(s.mqtt_host, s.mqtt_port)),
-            ComponentStatus("kafka", self.kafka.daemon.pid(), f"{self.kafka.host}:{self.kafka.port}",
-                            port_open(self.kafka.host, self.kafka.port)),
+            ComponentStatus(
+                "postgres",
+                self.postgres.pid() if self.postgres.running() else None,
+                f"{self.postgres.host}:{self.postgres.port}",
+                port_open(self.postgres.host, self.postgres.port),
+            ),
+            ComponentStatus(
+                "mosquitto",
+                self.mosquitto.daemon.pid(),
+                f"{s.mqtt_host}:{s.mqtt_port}",
+                port_open(s.mqtt_host, s.mqtt_port),
+            ),
+            ComponentStatus(
+                "kafka",
+                self.kafka.daemon.pid(),
+                f"{self.kafka.host}:{self.kafka.port}",
+                port_open(self.kafka.host, self.kafka.port),
+            ),
         ]

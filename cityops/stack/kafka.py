@@ -116,8 +116,16 @@ class Kafka:
         if self.libs.exists():
             shutil.rmtree(self.libs)
         run(
-            [mvn, "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-             f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"],
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(work / "pom.xml"),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={self.libs}",
+                "-DincludeScope=runtime",
+            ],
             what="resolving Kafka jars from Maven Central",
         )
         (self.libs / ".complete").write_text(f"kafka {KAFKA_VERSION}\n")
@@ -130,12 +138,16 @@ class Kafka:
             raise StackError("java not found: install a Java 17 runtime (openjdk-17-jre-headless)")
         return [
             java,
-            f"-Xms{self.heap}", f"-Xmx{self.heap}",
-            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            f"-Xms{self.heap}",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.xml'}",
-            "-cp", f"{self.libs}/*",
-            main, *args,
+            "-cp",
+            f"{self.libs}/*",
+            main,
+            *args,
         ]
 
     def _configure(self) -> Path:
@@ -143,7 +155,9 @@ class Kafka:
         props = self.dir / "server.properties"
         props.write_text(
             SERVER_PROPERTIES.format(
-                host=self.host, port=self.port, controller_port=self.controller_port,
+                host=self.host,
+                port=self.port,
+                controller_port=self.controller_port,
                 data=self.dir / "data",
             )
         )
@@ -159,8 +173,16 @@ class Kafka:
             id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
         cluster_id = id_file.read_text().strip()
         run(
-            self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
-                       "-c", str(props), "--ignore-formatted"),
+            self._java(
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                cluster_id,
+                "-c",
+                str(props),
+                "--ignore-formatted",
+            ),
             what="formatting Kafka storage",
         )
 

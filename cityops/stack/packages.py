@@ -17,9 +17,7 @@ _POLICY_RC = Path("/usr/sbin/policy-rc.d")
 def missing_packages(names: list[str] = PACKAGES) -> list[str]:
     missing = []
     for name in names:
-        proc = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True, check=False
-        )
+        proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True, check=False)
         if "install ok installed" not in proc.stdout:
             missing.append(name)
     return missing

@@ -85,9 +85,20 @@ class Postgres:
         for path in (self.dir, self.data, self.run_dir):
             self._chown(path)
         run(
-            [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
-             "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
-            what="initdb", user=self._os_user(),
+            [
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+            what="initdb",
+            user=self._os_user(),
         )
 
     def _configure(self) -> None:
@@ -109,9 +120,26 @@ class Postgres:
 
     def psql(self, sql: str, *, database: str = "postgres") -> str:
         return run(
-            [str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.run_dir),
-             "-p", str(self.port), "-U", "postgres", "-d", database, "-At", "-c", sql],
-            what="psql", user=self._os_user(),
+            [
+                str(PG_BIN / "psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.run_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-At",
+                "-c",
+                sql,
+            ],
+            what="psql",
+            user=self._os_user(),
         )
 
     def _provision(self) -> None:
@@ -124,7 +152,7 @@ class Postgres:
         # without handing superuser to the application role.
         self.psql("CREATE EXTENSION IF NOT EXISTS postgis", database="template1")
         if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'").strip():
-            self.psql(f"CREATE DATABASE \"{db}\" OWNER \"{user}\"")
+            self.psql(f'CREATE DATABASE "{db}" OWNER "{user}"')
 
     def start(self) -> int:
         self._init()

@@ -110,8 +110,14 @@ def _reap(pid: int) -> None:
         pass
 
 
-def run(argv: list[str], *, what: str, user: str | None = None, env: dict[str, str] | None = None,
-        input_text: str | None = None) -> str:
+def run(
+    argv: list[str],
+    *,
+    what: str,
+    user: str | None = None,
+    env: dict[str, str] | None = None,
+    input_text: str | None = None,
+) -> str:
     """Run a setup command to completion; a failure raises StackError with its output."""
     if user is not None and os.geteuid() == 0:
         argv = ["runuser", "-u", user, "--", *argv]

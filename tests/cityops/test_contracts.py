@@ -20,8 +20,9 @@ def test_alert_and_dead_letter_round_trip() -> None:
 
 
 def test_decoding_a_reading_with_a_wrong_type_fails_loudly() -> None:
-    bad = msgspec.msgpack.encode({"device_id": "d", "kind": "k", "seq": "seven", "ts_us": 1, "metrics": {},
-                                  "gateway_us": 1})
+    bad = msgspec.msgpack.encode(
+        {"device_id": "d", "kind": "k", "seq": "seven", "ts_us": 1, "metrics": {}, "gateway_us": 1}
+    )
     with pytest.raises(msgspec.ValidationError, match="seq"):
         contracts.decode_reading(bad)
 

@@ -20,7 +20,8 @@ async def _rows(conn: psycopg.AsyncConnection[object], query: str, *args: object
 
 async def test_native_schema_partitions_rollups_and_retention(database: str) -> None:
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
-        assert await schema.apply(conn, mode=StorageMode.NATIVE, retention=timedelta(days=10)) is StorageMode.NATIVE
+        mode = await schema.apply(conn, mode=StorageMode.NATIVE, retention=timedelta(days=10))
+        assert mode is StorageMode.NATIVE
         # Idempotent, and an existing database keeps its mode.
         assert await schema.apply(conn, mode=StorageMode.AUTO) is StorageMode.NATIVE
         assert await schema.storage_mode(conn) is StorageMode.NATIVE
@@ -36,7 +37,8 @@ async def test_native_schema_partitions_rollups_and_retention(database: str) -> 
         values = [(day + timedelta(seconds=20 * i), float(i)) for i in range(9)]  # 3 minutes
         for ts, v in values:
             await conn.execute(
-                "INSERT INTO readings (ts, device_id, metric, value, seq, gateway_at) VALUES (%s, 'd1', 'm', %s, 0, %s)",
+                "INSERT INTO readings (ts, device_id, metric, value, seq, gateway_at) "
+                "VALUES (%s, 'd1', 'm', %s, 0, %s)",
                 (ts, v, ts),
             )
         await schema.refresh_rollups(conn, values[0][0], values[-1][0])

@@ -20,8 +20,9 @@ from tests.helpers import read_topic
 
 @pytest.fixture
 async def gateway(stack: Stack, topics: Topics, uid: str) -> AsyncIterator[Gateway]:
-    settings = GatewaySettings(topic_prefix=topics.prefix, metrics_port=0, mqtt_client_id=f"gw-{uid}",
-                               mqtt_clean_session=True)
+    settings = GatewaySettings(
+        topic_prefix=topics.prefix, metrics_port=0, mqtt_client_id=f"gw-{uid}", mqtt_clean_session=True
+    )
     async with Gateway(settings) as gw, asyncio.TaskGroup() as tasks:
         runner = tasks.create_task(gw.run())
         yield gw
@@ -29,17 +30,22 @@ async def gateway(stack: Stack, topics: Topics, uid: str) -> AsyncIterator[Gatew
 
 
 def _client(stack: Stack, device: Device) -> aiomqtt.Client:
-    return aiomqtt.Client(stack.settings.mqtt_host, stack.settings.mqtt_port, username=device.device_id,
-                          password=device_password(stack.settings.fleet_secret, device.device_id),
-                          identifier=f"test-{device.device_id}")
+    return aiomqtt.Client(
+        stack.settings.mqtt_host,
+        stack.settings.mqtt_port,
+        username=device.device_id,
+        password=device_password(stack.settings.fleet_secret, device.device_id),
+        identifier=f"test-{device.device_id}",
+    )
 
 
 def _body(seq: int, metrics: dict[str, float]) -> bytes:
     return json.dumps({"seq": seq, "ts": datetime.now(UTC).isoformat(), "metrics": metrics}).encode()
 
 
-async def test_valid_partial_and_malformed_messages(stack: Stack, topics: Topics, fleet: list[Device],
-                                                    gateway: Gateway) -> None:
+async def test_valid_partial_and_malformed_messages(
+    stack: Stack, topics: Topics, fleet: list[Device], gateway: Gateway
+) -> None:
     pipe = next(d for d in fleet if d.kind == "pipe_node")
     topic = mqtt_readings_topic(pipe.kind, pipe.device_id)
     async with _client(stack, pipe) as client:
@@ -47,16 +53,19 @@ async def test_valid_partial_and_malformed_messages(stack: Stack, topics: Topics
         await client.publish(topic, b'{"seq": 1, "ts": "yesterday"', qos=1)  # malformed
         await client.publish(topic, _body(2, {"pressure_kpa": 411.0, "flow_m3h": 1e9}), qos=1)  # partial
 
-    readings = [contracts.decode_reading(v) for v in
-                await read_topic(stack.settings.kafka_bootstrap, topics.readings, expect=2)]
+    readings = [
+        contracts.decode_reading(v) for v in await read_topic(stack.settings.kafka_bootstrap, topics.readings, expect=2)
+    ]
     assert [(r.seq, r.metrics) for r in sorted(readings, key=lambda r: r.seq)] == [
         (0, {"pressure_kpa": 410.0, "flow_m3h": 80.0}),
         (2, {"pressure_kpa": 411.0}),
     ]
     assert all(r.device_id == pipe.device_id and r.kind == "pipe_node" for r in readings)
 
-    letters = [contracts.decode_dead_letter(v) for v in
-               await read_topic(stack.settings.kafka_bootstrap, topics.dead_letter, expect=2)]
+    letters = [
+        contracts.decode_dead_letter(v)
+        for v in await read_topic(stack.settings.kafka_bootstrap, topics.dead_letter, expect=2)
+    ]
     reasons = sorted(letter.reason for letter in letters)
     assert len(letters) == 2
     assert reasons[0].startswith("invalid payload: ")
@@ -65,23 +74,27 @@ async def test_valid_partial_and_malformed_messages(stack: Stack, topics: Topics
     assert b'"yesterday"' in next(x.payload for x in letters if x.reason.startswith("invalid"))
 
 
-async def test_broker_refuses_a_device_on_another_devices_topic(stack: Stack, topics: Topics,
-                                                                fleet: list[Device], gateway: Gateway) -> None:
+async def test_broker_refuses_a_device_on_another_devices_topic(
+    stack: Stack, topics: Topics, fleet: list[Device], gateway: Gateway
+) -> None:
     intruder, victim = fleet[0], fleet[1]
     async with _client(stack, intruder) as client:
         # MQTT 3.1.1 has no negative PUBACK: the broker acknowledges and discards.
-        await client.publish(mqtt_readings_topic(victim.kind, victim.device_id),
-                             _body(0, {"power_w": 100.0}), qos=1)
-        await client.publish(mqtt_readings_topic(intruder.kind, intruder.device_id),
-                             _body(0, {"power_w": 101.0}), qos=1)
-    readings = [contracts.decode_reading(v) for v in
-                await read_topic(stack.settings.kafka_bootstrap, topics.readings, expect=2, timeout=5)]
+        await client.publish(mqtt_readings_topic(victim.kind, victim.device_id), _body(0, {"power_w": 100.0}), qos=1)
+        await client.publish(
+            mqtt_readings_topic(intruder.kind, intruder.device_id), _body(0, {"power_w": 101.0}), qos=1
+        )
+    readings = [
+        contracts.decode_reading(v)
+        for v in await read_topic(stack.settings.kafka_bootstrap, topics.readings, expect=2, timeout=5)
+    ]
     assert [(r.device_id, r.metrics) for r in readings] == [(intruder.device_id, {"power_w": 101.0})]
 
 
 async def test_wrong_password_is_refused(stack: Stack, fleet: list[Device]) -> None:
-    client = aiomqtt.Client(stack.settings.mqtt_host, stack.settings.mqtt_port,
-                            username=fleet[0].device_id, password="not-the-password")
+    client = aiomqtt.Client(
+        stack.settings.mqtt_host, stack.settings.mqtt_port, username=fleet[0].device_id, password="not-the-password"
+    )
     with pytest.raises(aiomqtt.MqttError):
         async with client:
             pass
@@ -91,8 +104,9 @@ async def test_wrong_password_is_refused(stack: Stack, fleet: list[Device]) -> N
 async def test_messages_published_while_the_gateway_is_down_are_delivered_after_restart(
     stack: Stack, topics: Topics, fleet: list[Device], uid: str
 ) -> None:
-    settings = GatewaySettings(topic_prefix=topics.prefix, metrics_port=0, mqtt_client_id=f"gw-persist-{uid}",
-                               mqtt_clean_session=False)
+    settings = GatewaySettings(
+        topic_prefix=topics.prefix, metrics_port=0, mqtt_client_id=f"gw-persist-{uid}", mqtt_clean_session=False
+    )
     env = next(d for d in fleet if d.kind == "env_station")
     topic = mqtt_readings_topic(env.kind, env.device_id)
     async with Gateway(settings):

@@ -42,9 +42,9 @@ def test_kernel_matches_reference_on_interleaved_series() -> None:
     scores = np.empty_like(values)
     alarms = np.empty(len(values), bool)
     for lo in range(0, len(values), 333):
-        out = det.update(order[lo:lo + 333].astype(np.int64), values[lo:lo + 333])
-        scores[lo:lo + 333] = out.scores
-        alarms[lo:lo + 333] = out.alarms
+        out = det.update(order[lo : lo + 333].astype(np.int64), values[lo : lo + 333])
+        scores[lo : lo + 333] = out.scores
+        alarms[lo : lo + 333] = out.alarms
     for s in range(n_series):
         ref_scores, ref_alarms = reference(data[s], p)
         np.testing.assert_allclose(scores[order == s], ref_scores, rtol=1e-9, atol=1e-9)

@@ -1,0 +1,180 @@
+"""The IOC API on the real database and alerts topic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+import pytest
+import websockets
+
+from cityops import contracts, schema
+from cityops.contracts import Alert, Topics
+from cityops.kafka import make_producer
+from cityops.registry import Device
+from cityops.stack import Stack
+from ioc import ApiServer, IocSettings
+from tests.helpers import eventually
+
+T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def api(topics: Topics, database: str, uid: str) -> AsyncIterator[ApiServer]:
+    settings = IocSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"ioc-{uid}", port=0, max_page=500)
+    async with ApiServer(settings) as server:
+        yield server
+
+
+def make_alert(device: str, seq: int) -> Alert:
+    ts = contracts.to_us(T0 + timedelta(seconds=seq))
+    return Alert(
+        Alert.make_id(device, "pressure_kpa", ts, "ewma_z"),
+        device,
+        "pipe_node",
+        "pressure_kpa",
+        ts,
+        510.0,
+        31.5,
+        "ewma_z",
+        420.0,
+        2.1,
+        39,
+        seq,
+        ts + 1000,
+        ts + 2000,
+    )
+
+
+async def test_alerts_are_stored_once_and_pushed_once(stack: Stack, topics: Topics, api: ApiServer) -> None:
+    alert = make_alert("pipe-9", 3)
+    async with websockets.connect(f"ws://127.0.0.1:{api.port}/ws/alerts") as ws:
+        assert json.loads(await ws.recv())["type"] == "hello"
+        producer = make_producer(stack.settings.kafka_bootstrap, client_id="test")
+        await producer.start()
+        try:
+            for _ in range(2):  # a replayed alert has the same id
+                await producer.send_and_wait(topics.alerts, contracts.encode(alert), key=b"pipe-9")
+            await producer.send_and_wait(topics.alerts, b"\xc1 garbage", key=b"x")
+            second = make_alert("pipe-9", 4)
+            await producer.send_and_wait(topics.alerts, contracts.encode(second), key=b"pipe-9")
+        finally:
+            await producer.stop()
+        pushed = [json.loads(await asyncio.wait_for(ws.recv(), 20)) for _ in range(2)]
+        assert [p["alert"]["alert_id"] for p in pushed] == [alert.alert_id, second.alert_id]
+        assert pushed[0]["alert"]["ts"] == T0.replace(second=3).isoformat()
+        assert pushed[1]["id"] > pushed[0]["id"]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 1.0)  # the duplicate was not pushed
+
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        body = (await http.get("/alerts")).json()
+        assert [a["alert_id"] for a in body] == [second.alert_id, alert.alert_id]  # newest first
+        assert body[0]["value"] == 510.0 and body[0]["window_size"] == 39
+        only_first = (await http.get("/alerts", params={"since": "2026-11-21T10:00:04Z"})).json()
+        assert [a["seq"] for a in only_first] == [4]
+
+
+async def test_devices_and_readings(api: ApiServer, database: str, fleet: list[Device]) -> None:
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await schema.upsert_devices(conn, fleet)
+        pipe = next(d for d in fleet if d.kind == "pipe_node")
+        await schema.ensure_partitions(conn, [T0.date()])
+        for i in range(5):
+            ts = T0 + timedelta(minutes=i)
+            await conn.execute(
+                "INSERT INTO readings (ts, device_id, metric, value, seq, gateway_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                (ts, pipe.device_id, "pressure_kpa", 400.0 + i, i, ts),
+            )
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        devices = (await http.get("/devices")).json()
+        assert {d["device_id"] for d in devices} == {d.device_id for d in fleet}
+        got = next(d for d in devices if d["device_id"] == pipe.device_id)
+        assert (got["lat"], got["lon"], got["district"]) == pytest.approx((pipe.lat, pipe.lon, pipe.district))
+        assert got["attrs"] == pipe.attrs
+        lamps = (await http.get("/devices", params={"kind": "lamp_pole"})).json()
+        assert lamps and all(d["kind"] == "lamp_pole" for d in lamps)
+
+        params = {
+            "device_id": pipe.device_id,
+            "metric": "pressure_kpa",
+            "start": "2026-11-21T10:01:00Z",
+            "end": "2026-11-21T10:04:00Z",
+        }
+        resp = await http.get("/readings", params=params)
+        assert resp.status_code == 200, resp.text
+        readings = resp.json()
+        assert [r["value"] for r in readings] == [401.0, 402.0, 403.0]
+        assert (await http.get("/readings", params={**params, "limit": 2})).json()[-1]["seq"] == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "detail"),
+    [
+        (
+            "/readings",
+            {"device_id": "d", "metric": "m", "start": "2026-11-21T10:00:00", "end": "2026-11-21T11:00:00Z"},
+            400,
+            "timezone",
+        ),
+        (
+            "/readings",
+            {"device_id": "d", "metric": "m", "start": "2026-11-21T11:00:00Z", "end": "2026-11-21T10:00:00Z"},
+            400,
+            "end must be after start",
+        ),
+        (
+            "/readings",
+            {
+                "device_id": "d",
+                "metric": "m",
+                "start": "2026-11-21T10:00:00Z",
+                "end": "2026-11-21T11:00:00Z",
+                "limit": 501,
+            },
+            400,
+            "at most 500",
+        ),
+        ("/readings", {"device_id": "d"}, 422, "metric"),
+        (
+            "/readings",
+            {"device_id": "d", "metric": "m", "start": "tuesday", "end": "2026-11-21T11:00:00Z"},
+            422,
+            "start",
+        ),
+        ("/alerts", {"limit": 0}, 422, "limit"),
+        ("/alerts", {"since": "2026-11-21T10:00:00"}, 400, "timezone"),
+    ],
+)
+async def test_bad_requests_get_4xx_with_a_message(
+    api: ApiServer, path: str, params: dict[str, object], status: int, detail: str
+) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        resp = await http.get(path, params=params)
+    assert resp.status_code == status
+    assert detail in json.dumps(resp.json())
+
+
+async def test_metrics_and_health(api: ApiServer) -> None:
+    async with httpx.AsyncClient(base_url=api.url, follow_redirects=True) as http:
+        assert (await http.get("/healthz")).json()["status"] == "ok"
+        text = (await http.get("/metrics")).text
+        assert "cityops_ioc_alerts_in_total" in text and "cityops_ioc_latency_seconds_bucket" in text
+        page = await http.get("/")
+        assert page.status_code == 200 and "/ws/alerts" in page.text
+
+
+async def test_websocket_clients_that_leave_do_not_linger(api: ApiServer) -> None:
+    for _ in range(3):
+        async with websockets.connect(f"ws://127.0.0.1:{api.port}/ws/alerts") as ws:
+            await ws.recv()
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        await eventually(lambda: _ws_clients(http, 0), timeout=5)
+
+
+async def _ws_clients(http: httpx.AsyncClient, n: int) -> bool:
+    return bool((await http.get("/healthz")).json()["ws_clients"] == n)
