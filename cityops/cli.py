@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from cityops import registry
 from cityops.registry import Device
 from cityops.runner import serve
+from cityops.settings import CommonSettings
 from cityops.stack import Stack, StackSettings
 
 app = typer.Typer(no_args_is_help=True, help="City operations backend.")
@@ -100,13 +103,16 @@ def api() -> None:
 
 @app.command()
 def sim(
-    per_kind: int = typer.Option(None, help="Devices of each kind (CITYOPS_SIM_PER_KIND)."),
-    interval: float = typer.Option(None, help="Seconds between a device's readings."),
-    duration: float = typer.Option(None, help="Seconds to run; 0 runs until Ctrl-C."),
-    seed: int = typer.Option(None, help="Random seed; the same seed gives the same city."),
+    per_kind: int | None = typer.Option(None, help="Devices of each kind (CITYOPS_SIM_PER_KIND)."),
+    interval: float | None = typer.Option(None, help="Seconds between a device's readings."),
+    duration: float | None = typer.Option(None, help="Seconds to run; 0 runs until Ctrl-C."),
+    seed: int | None = typer.Option(None, help="Random seed; the same seed gives the same city."),
+    provision_city: bool = typer.Option(
+        True, "--provision/--no-provision", help="Register the city first, or use the registry as it is."
+    ),
 ) -> None:
     """Run a simulated city: registers its devices, then publishes their readings over MQTT."""
-    from firmware_sim import SimSettings, Simulator, small_city
+    from firmware_sim import SimSettings, Simulator
 
     overrides: dict[str, Any] = {
         k: v
@@ -115,8 +121,12 @@ def sim(
     }
     settings = SimSettings(**overrides)
     _logging(settings.log_level, settings.log_format)
-    devices = small_city(settings.per_kind, seed=settings.seed, extent=settings.extent, prefix=settings.id_prefix)
-    _register(devices)
+    if provision_city:
+        devices = _provision(settings)
+    else:
+        devices = registry.load(settings.state_dir / "devices.json")
+        if not devices:
+            raise typer.BadParameter(f"no devices registered in {settings.state_dir / 'devices.json'}")
 
     async def main() -> None:
         from rich.live import Live
@@ -136,23 +146,64 @@ def sim(
     serve(main)
 
 
-def _register(devices: list[Device]) -> None:
-    """Registry file + broker credentials + the devices table."""
+@app.command()
+def provision(
+    per_kind: int | None = typer.Option(None, help="Devices of each kind (CITYOPS_SIM_PER_KIND)."),
+    seed: int | None = typer.Option(None, help="Random seed; the same seed gives the same city."),
+    broker_dir: Path | None = typer.Option(
+        None,
+        help="Write mosquitto.conf, passwd (plain, for mosquitto_passwd -U) and acl here for a broker "
+        "container, instead of updating the local stack's broker.",
+    ),
+) -> None:
+    """Register the simulated city: registry file, broker credentials and ACL, and the devices table."""
+    from firmware_sim import SimSettings
+
+    overrides: dict[str, Any] = {k: v for k, v in {"per_kind": per_kind, "seed": seed}.items() if v is not None}
+    settings = SimSettings(**overrides)
+    devices = _provision(settings, broker_dir=broker_dir)
+    console.print(f"provisioned {len(devices)} devices (registry: {settings.state_dir / 'devices.json'})")
+
+
+def _provision(settings: CommonSettings, *, broker_dir: Path | None = None) -> list[Device]:
     import asyncio
 
     import psycopg
 
     from cityops import schema
+    from cityops.kafka import ensure_topics
+    from cityops.stack.mosquitto import render_config, write_credentials
+    from firmware_sim import SimSettings, small_city
 
-    stack = Stack(StackSettings(install_packages=False))
-    stack.register(devices)
+    assert isinstance(settings, SimSettings)
+    devices = small_city(settings.per_kind, seed=settings.seed, extent=settings.extent, prefix=settings.id_prefix)
+    if broker_dir is None:
+        Stack(StackSettings(install_packages=False)).register(devices)
+    else:
+        path = settings.state_dir / "devices.json"
+        registry.save(path, registry.merge(registry.load(path), devices))
+        write_credentials(
+            broker_dir,
+            registry.load(path),
+            fleet_secret=settings.fleet_secret,
+            gateway_user=settings.gateway_mqtt_user,
+            gateway_password=settings.gateway_mqtt_password,
+            hashed=False,
+        )
+        (broker_dir / "mosquitto.conf").write_text(
+            render_config(
+                host="0.0.0.0", port=1883, conf_dir="/mosquitto/config", data_dir="/mosquitto/data", user="mosquitto"
+            )
+        )
 
-    async def db() -> None:
-        async with await psycopg.AsyncConnection.connect(stack.settings.pg_dsn, autocommit=True) as conn:
+    async def db_and_topics() -> None:
+        async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
             await schema.apply(conn)
             await schema.upsert_devices(conn, devices)
+        await ensure_topics(settings.kafka_bootstrap, settings.topics.all())
 
-    asyncio.run(db())
+    asyncio.run(db_and_topics())
+    return devices
 
 
 @app.command()

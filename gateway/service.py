@@ -65,6 +65,11 @@ class Gateway:
             "gateway started", mqtt=f"{s.mqtt_host}:{s.mqtt_port}", kafka=s.kafka_bootstrap, topic=self._topics.readings
         )
 
+    @property
+    def metrics_port(self) -> int | None:
+        """Where ``/metrics`` is served (the real port when configured as 0), None if disabled."""
+        return self._metrics.port if self._metrics is not None else None
+
     async def stop(self) -> None:
         if self._mqtt is not None:
             try:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -95,7 +95,6 @@ def create_app(settings: IocSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="cityops IOC", version="0.1.0", lifespan=lifespan)
     app.state.hub = hub
-    app.mount("/metrics", make_asgi_app())
     app.mount("/wall", StaticFiles(directory=WALL_DIR, html=True), name="wall")
 
     def _page(limit: int | None, default: int) -> int:
@@ -115,6 +114,10 @@ def create_app(settings: IocSettings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(WALL_DIR / "index.html")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, Any]:

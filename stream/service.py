@@ -76,6 +76,11 @@ class StreamService:
         await self._consumer.start()
         _log.info("stream started", topic=self._topics.readings, group=s.group_id, storage=self.store.mode)
 
+    @property
+    def metrics_port(self) -> int | None:
+        """Where ``/metrics`` is served (the real port when configured as 0), None if disabled."""
+        return self._metrics.port if self._metrics is not None else None
+
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 
 import aiomqtt
+import httpx
 import psycopg
 import pytest
 import websockets
@@ -78,6 +80,12 @@ async def test_reading_to_websocket_alert(
             await eventually(lambda: _spike_seen(received, spike), timeout=30)
             await eventually(lambda: _equals(count_rows(database), published.rows), timeout=30)
             listener.cancel()
+            scraped = {
+                name: _scrape(port)
+                for name, port in (("gateway", gateway.metrics_port), ("stream", stream.metrics_port))
+            }
+            async with httpx.AsyncClient() as http:
+                scraped["ioc"] = (await http.get(f"{api.url}/metrics")).text
         for task in services:
             task.cancel()
 
@@ -98,6 +106,35 @@ async def test_reading_to_websocket_alert(
     print(f"\npublish-to-WebSocket latency: {latency_ms:.1f} ms (rows {published.rows}, messages {published.acked})")
     assert event["alert"]["value"] > event["alert"]["baseline"]  # type: ignore[index]
     assert latency_ms < 30_000
+
+    # Every service exports its counters, batch sizes, lag and latency histograms.
+    gw, st, ioc = scraped["gateway"], scraped["stream"], scraped["ioc"]
+    assert _sample(gw, "cityops_gateway_messages_in_total") >= published.acked + 1
+    assert _sample(gw, "cityops_gateway_dead_letters_total") >= 1
+    assert _sample(gw, "cityops_gateway_latency_seconds_count") >= published.acked
+    assert _sample(st, "cityops_stream_rows_stored_total") >= published.rows
+    assert _sample(st, "cityops_stream_batch_messages_count") >= 1
+    assert _sample(st, "cityops_stream_alerts_out_total") >= 1
+    assert "cityops_stream_consumer_lag" in st and "cityops_stream_latency_seconds_bucket" in st
+    assert _sample(ioc, "cityops_ioc_alerts_stored_total") >= 1
+    assert _sample(ioc, "cityops_ioc_latency_seconds_count") >= 1
+
+
+def _scrape(port: int | None) -> str:
+    assert port is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def _sample(text: str, name: str) -> float:
+    """Sum of a metric's samples (over labels) in Prometheus text format."""
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#") and line[len(name)] in " {"
+    ]
+    assert values, f"{name} not exported"
+    return sum(values)
 
 
 def _is_spike(event: dict[str, object], spike: Spike) -> bool:

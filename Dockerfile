@@ -1,0 +1,14 @@
+# The cityops services (gateway, stream, api, sim, provision) for docker-compose.yml.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY cityops ./cityops
+COPY gateway ./gateway
+COPY stream ./stream
+COPY ioc ./ioc
+COPY firmware_sim ./firmware_sim
+COPY dashboards ./dashboards
+COPY benchmarks ./benchmarks
+RUN pip install --no-cache-dir . && useradd --system --create-home cityops
+USER cityops
+ENTRYPOINT ["cityops"]

@@ -1,0 +1,71 @@
+"""docker-compose.yml cannot be run here (no Docker engine); check what can be checked statically:
+official images, ports matching the local stack, and settings that exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from cityops import settings
+from cityops.stack import StackSettings
+from firmware_sim import SimSettings
+from gateway import GatewaySettings
+from ioc import IocSettings
+from stream import StreamSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_infrastructure_uses_official_images() -> None:
+    images = {name: svc.get("image", "") for name, svc in SERVICES.items()}
+    assert images["kafka"].startswith("apache/kafka:4.")
+    assert images["mosquitto"].startswith("eclipse-mosquitto:2")
+    assert images["postgres"].startswith("timescale/timescaledb")
+    assert images["prometheus"].startswith("prom/prometheus")
+    assert images["grafana"].startswith("grafana/grafana")
+
+
+def test_published_ports_match_the_local_stack_and_bind_to_loopback() -> None:
+    published = {port for svc in SERVICES.values() for port in svc.get("ports", [])}
+    for host_port in (
+        settings.MQTT_PORT,
+        settings.KAFKA_PORT,
+        settings.POSTGRES_PORT,
+        settings.API_PORT,
+        settings.GATEWAY_METRICS_PORT,
+        settings.STREAM_METRICS_PORT,
+    ):
+        assert any(p.startswith(f"127.0.0.1:{host_port}:") for p in published), host_port
+    assert all(p.startswith("127.0.0.1:") for p in published)
+
+
+def test_every_cityops_variable_is_a_real_setting() -> None:
+    known: set[str] = set()
+    for cls in (GatewaySettings, StreamSettings, IocSettings, SimSettings, StackSettings):
+        prefix = cls.model_config.get("env_prefix", "")
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            known.add(str(alias) if isinstance(alias, str) else f"{prefix}{name}".upper())
+    env = {k for svc in SERVICES.values() for k in (svc.get("environment") or {}) if k.startswith("CITYOPS_")}
+    assert env, "the services are configured through CITYOPS_* variables"
+    assert env <= known, env - known
+
+
+def test_services_run_cityops_commands_that_exist() -> None:
+    from typer.main import get_command
+
+    from cityops.cli import app
+
+    commands = set(get_command(app).commands)  # type: ignore[attr-defined]
+    for name in ("provision", "gateway", "stream", "api", "sim"):
+        assert SERVICES[name]["command"][0] in commands
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert targets == {
+        f"gateway:{settings.GATEWAY_METRICS_PORT}",
+        f"stream:{settings.STREAM_METRICS_PORT}",
+        f"api:{settings.API_PORT}",
+    }
