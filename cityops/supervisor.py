@@ -19,6 +19,8 @@ from cityops.settings import API_PORT, GATEWAY_METRICS_PORT, STREAM_METRICS_PORT
 from cityops.stack import Stack, StackSettings
 
 SERVICES = ["api", "stream", "gateway", "sim"]
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 120.0
 
 
 class Child:
@@ -116,13 +118,23 @@ def _wait_http(url: str, child: Child, timeout: float) -> None:
 
 
 async def _watch(children: list[Child], ws_url: str, console: Console) -> None:
-    """Print alerts as they arrive; return if a service dies."""
+    """Print alerts as they arrive; restart a service that dies (give up after repeated crashes)."""
+    restarts: dict[str, list[float]] = {c.name: [] for c in children}
     while True:
-        dead = [c for c in children if not c.alive()]
-        if dead:
-            names = ", ".join(f"{c.name} (see {c.log})" for c in dead)
-            console.print(f"[red]service exited: {names}[/red]")
-            return
+        for child in children:
+            if child.alive():
+                continue
+            code = child.proc.returncode if child.proc is not None else None
+            recent = [t for t in restarts[child.name] if time.monotonic() - t < RESTART_WINDOW_S]
+            if len(recent) >= MAX_RESTARTS:
+                console.print(f"[red]{child.name} keeps exiting (last code {code}); see {child.log}[/red]")
+                return
+            delay = 2 ** len(recent)
+            console.print(f"[red]{child.name} exited with code {code}; restarting in {delay} s (see {child.log})[/red]")
+            await asyncio.sleep(delay)
+            recent.append(time.monotonic())
+            restarts[child.name] = recent
+            child.start()
         try:
             async with websockets.connect(ws_url) as ws:
                 while all(c.alive() for c in children):

@@ -16,7 +16,7 @@ class SimSettings(CommonSettings):
     duration_s: float = 0.0
     seed: int = 7
     # Spikes injected at random, per device and hour, so a demo shows alerts.
-    spikes_per_device_hour: float = 6.0
+    spikes_per_device_hour: float = 30.0
     # City extent (south, west, north, east); the default is a 6 x 6 km box.
     extent: tuple[float, float, float, float] = (52.34, 4.85, 52.39, 4.94)
     id_prefix: str = ""

@@ -12,3 +12,11 @@ IN_FLIGHT = Gauge("cityops_gateway_in_flight", "Messages sent to Kafka, not yet 
 LATENCY = Histogram(
     "cityops_gateway_latency_seconds", "Device timestamp to Kafka acknowledgement", buckets=LATENCY_BUCKETS
 )
+SEQUENCE_EVENTS = Counter(
+    "cityops_gateway_sequence_events_total",
+    "Readings by what their sequence number says (next, gap, duplicate, ...)",
+    ["event"],
+)
+SEQUENCE_MISSING = Counter(
+    "cityops_gateway_sequence_missing_total", "Readings skipped over by sequence gaps (lost or not yet arrived)"
+)

@@ -22,6 +22,7 @@ from cityops.kafka import make_producer
 from cityops.metrics import MetricsServer
 from gateway import metrics
 from gateway.errors import GatewayError, PayloadError
+from gateway.sequence import SequenceTracker
 from gateway.settings import GatewaySettings
 from gateway.validation import Limits, validate
 
@@ -39,6 +40,7 @@ class Gateway:
         self._producer: AIOKafkaProducer | None = None
         self._mqtt: aiomqtt.Client | None = None
         self._metrics: MetricsServer | None = None
+        self._sequences = SequenceTracker()
         self._acks: asyncio.Queue[Ack] = asyncio.Queue(maxsize=settings.max_in_flight)
 
     async def start(self) -> None:
@@ -116,6 +118,10 @@ class Gateway:
             if outcome.reading is not None:
                 r = outcome.reading
                 device_ts = r.ts_us
+                event, missing = self._sequences.observe(r.device_id, r.seq)
+                metrics.SEQUENCE_EVENTS.labels(event.value).inc()
+                if missing:
+                    metrics.SEQUENCE_MISSING.inc(missing)
                 sends.append(await self._producer.send(self._topics.readings, encode(r), key=r.device_id.encode()))
                 metrics.READINGS_OUT.inc()
             if outcome.rejected:

@@ -112,6 +112,7 @@ async def test_reading_to_websocket_alert(
     assert _sample(gw, "cityops_gateway_messages_in_total") >= published.acked + 1
     assert _sample(gw, "cityops_gateway_dead_letters_total") >= 1
     assert _sample(gw, "cityops_gateway_latency_seconds_count") >= published.acked
+    assert 'cityops_gateway_sequence_events_total{event="next"}' in gw
     assert _sample(st, "cityops_stream_rows_stored_total") >= published.rows
     assert _sample(st, "cityops_stream_batch_messages_count") >= 1
     assert _sample(st, "cityops_stream_alerts_out_total") >= 1
