@@ -115,7 +115,9 @@ def _timescale_ddl(retention: timedelta, compress_after: timedelta) -> list[str]
     for name, width in ROLLUPS.items():
         bucket = f"time_bucket(INTERVAL '{_interval(width)}', ts)"
         statements += [
-            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name} WITH (timescaledb.continuous) AS "
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name} "
+            # Real-time aggregation: rows newer than the last refresh are included at query time.
+            "WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS "
             f"{ROLLUP_SELECT.format(bucket=bucket)} GROUP BY 1, 2, 3 WITH NO DATA",
             f"SELECT add_continuous_aggregate_policy('{name}', start_offset => INTERVAL '3 days', "
             f"end_offset => INTERVAL '{_interval(width)}', schedule_interval => INTERVAL '{_interval(width)}',"

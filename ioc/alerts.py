@@ -83,39 +83,53 @@ class AlertFeed:
                         _log.error("undecodable alert skipped", offset=rec.offset, error=str(exc))
             metrics.ALERTS_IN.inc(len(alerts))
             new = await self._store(alerts)
-            await self._consumer.commit()
+            # Push before committing the offset: a crash in between replays alerts that are
+            # already stored, and only newly stored ones are pushed, so nothing shows twice.
             for alert in new:
                 self._hub.publish(alert_event(alert))
                 metrics.LATENCY.observe(max(0.0, (self._clock() - alert.ts_us) / 1e6))
+            await self._consumer.commit()
             for tp, records in batch.items():
                 hw = self._consumer.highwater(tp)
                 if hw is not None and records:
                     metrics.LAG.labels(str(tp.partition)).set(max(0, hw - records[-1].offset - 1))
 
     async def _store(self, alerts: list[Alert]) -> list[Alert]:
-        new = []
-        async with self._pool.connection() as conn, conn.transaction():
-            for a in alerts:
-                cur = await conn.execute(
-                    INSERT,
-                    (
-                        a.alert_id,
-                        to_datetime(a.ts_us),
-                        a.device_id,
-                        a.kind,
-                        a.metric,
-                        a.value,
-                        a.score,
-                        a.detector,
-                        a.baseline,
-                        a.spread,
-                        a.window,
-                        a.seq,
-                        to_datetime(a.gateway_us),
-                        to_datetime(a.emitted_us),
-                    ),
-                )
-                if await cur.fetchone() is not None:
-                    new.append(a)
+        """Insert in one round trip; returns the alerts that were new, in input order."""
+        if not alerts:
+            return []
+        params = [
+            (
+                a.alert_id,
+                to_datetime(a.ts_us),
+                a.device_id,
+                a.kind,
+                a.metric,
+                a.value,
+                a.score,
+                a.detector,
+                a.baseline,
+                a.spread,
+                a.window,
+                a.seq,
+                to_datetime(a.gateway_us),
+                to_datetime(a.emitted_us),
+            )
+            for a in alerts
+        ]
+        new_ids: set[str] = set()
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(INSERT, params, returning=True)
+            while True:
+                row = await cur.fetchone()
+                if row is not None:
+                    new_ids.add(str(row[0]))
+                if not cur.nextset():
+                    break
+        new: list[Alert] = []
+        for a in alerts:
+            if a.alert_id in new_ids:
+                new.append(a)
+                new_ids.discard(a.alert_id)  # the same alert twice in one batch is pushed once
         metrics.ALERTS_NEW.inc(len(new))
         return new

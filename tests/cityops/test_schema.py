@@ -87,5 +87,5 @@ def test_timescale_ddl_declares_policies_and_aggregates() -> None:
     assert "add_compression_policy('readings', INTERVAL '604800 seconds'" in ddl
     assert "add_retention_policy('readings', INTERVAL '7776000 seconds'" in ddl
     for name in schema.ROLLUPS:
-        assert f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name} WITH (timescaledb.continuous)" in ddl
+        assert f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name} WITH (timescaledb.continuous" in ddl
         assert f"add_continuous_aggregate_policy('{name}'" in ddl

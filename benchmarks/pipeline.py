@@ -1,0 +1,172 @@
+"""End-to-end latency and throughput of the pipeline on the real stack, side by side for two
+gateway producer settings (linger 0 ms vs the default 5 ms).
+
+Each variant gets its own topics, database and devices; devices publish over MQTT (one
+session each, QoS 1), spikes are injected after the detectors' warm-up, and a WebSocket client
+on the IOC API timestamps every alert. Needs `cityops stack up`.
+
+    python -m benchmarks.pipeline [--devices 40] [--per-device 200] [--interval 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+import websockets
+from rich.console import Console
+
+from cityops.contracts import Topics
+from cityops.kafka import ensure_topics
+from cityops.stack import Stack, StackSettings
+from firmware_sim import SimSettings, Simulator, Spike, small_city
+from gateway import Gateway, GatewaySettings
+from ioc import ApiServer, IocSettings
+from stream import StreamService, StreamSettings
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Result:
+    publish_rate: float
+    rows: int
+    stored_rows: int
+    drain_s: float
+    latencies_ms: list[float]
+    spikes: int
+    # Per hop, from the alert's own timestamps: device -> gateway -> stream emit -> WebSocket.
+    hops_ms: dict[str, list[float]]
+
+
+async def _count(dsn: str) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT count(*) FROM readings")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def run_variant(stack: Stack, linger_ms: int, args: argparse.Namespace) -> Result:
+    uid = uuid.uuid4().hex[:8]
+    topics = Topics(prefix=f"bench.{uid}.")
+    await ensure_topics(stack.settings.kafka_bootstrap, topics.all(), partitions=6)
+    base = stack.settings.pg_dsn
+    db = f"bench_{uid}"
+    async with await psycopg.AsyncConnection.connect(base, autocommit=True) as conn:
+        await conn.execute(f'CREATE DATABASE "{db}"'.encode())
+    dsn = base.rsplit("/", 1)[0] + "/" + db
+    per_kind = max(1, args.devices // 4)
+    devices = small_city(per_kind, seed=3, extent=(52.34, 4.85, 52.39, 4.94), prefix=f"b{uid}-")
+    stack.register(devices)
+    # One spike per device per 60 readings, after the 30-reading warm-up.
+    spikes = [
+        Spike(d.device_id, "pressure_kpa" if d.kind == "pipe_node" else _first_metric(d.kind), s)
+        for d in devices
+        for s in range(60, args.per_device, 60)
+    ]
+    common: dict[str, Any] = {"topic_prefix": topics.prefix, "pg_dsn": dsn}
+    try:
+        async with (
+            StreamService(StreamSettings(**common, group_id=f"b-{uid}", metrics_port=-1)) as stream,
+            ApiServer(IocSettings(**common, group_id=f"b-ioc-{uid}", port=0)) as api,
+            Gateway(
+                GatewaySettings(
+                    **common,
+                    mqtt_client_id=f"b-gw-{uid}",
+                    mqtt_clean_session=True,
+                    metrics_port=-1,
+                    kafka_linger_ms=linger_ms,
+                )
+            ) as gateway,
+            asyncio.TaskGroup() as tasks,
+        ):
+            services = [tasks.create_task(stream.run()), tasks.create_task(gateway.run())]
+            arrivals: dict[tuple[str, str, int], tuple[float, dict[str, Any]]] = {}
+            async with websockets.connect(f"ws://127.0.0.1:{api.port}/ws/alerts") as ws:
+                await ws.recv()
+
+                async def listen() -> None:
+                    async for raw in ws:
+                        msg = json.loads(raw)
+                        if msg.get("type") == "alert":
+                            a = msg["alert"]
+                            arrivals.setdefault((a["device_id"], a["metric"], a["seq"]), (time.time(), a))
+
+                listener = tasks.create_task(listen())
+                sim = Simulator(
+                    SimSettings(interval_s=args.interval, spikes_per_device_hour=0, seed=9), devices, spikes=spikes
+                )
+                async with sim:
+                    started = time.monotonic()
+                    published = await sim.run(count=args.per_device)
+                    elapsed = time.monotonic() - started
+                drain_start = time.monotonic()
+                deadline = drain_start + 120
+                while await _count(dsn) < published.rows and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                drain = time.monotonic() - drain_start
+                await asyncio.sleep(1.0)  # last alerts
+                listener.cancel()
+            for task in services:
+                task.cancel()
+        stored = await _count(dsn)
+        latencies = []
+        hops: dict[str, list[float]] = {"device_to_gateway": [], "gateway_to_alert": [], "alert_to_websocket": []}
+        for s in spikes:
+            got = arrivals.get((s.device_id, s.metric, s.seq))
+            if got is not None:
+                arrival, alert = got
+                device_ts, _ = published.by_device[s.device_id][s.seq]
+                latencies.append((arrival - device_ts.timestamp()) * 1000)
+                hops["device_to_gateway"].append((alert["gateway_us"] - alert["ts_us"]) / 1000)
+                hops["gateway_to_alert"].append((alert["emitted_us"] - alert["gateway_us"]) / 1000)
+                hops["alert_to_websocket"].append(arrival * 1000 - alert["emitted_us"] / 1000)
+        return Result(published.acked / elapsed, published.rows, stored, drain, latencies, len(spikes), hops)
+    finally:
+        stack.unregister([d.device_id for d in devices])
+        async with await psycopg.AsyncConnection.connect(base, autocommit=True) as conn:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'.encode())
+
+
+def _first_metric(kind: str) -> str:
+    return {"lamp_pole": "power_w", "water_quality": "conductivity_uscm", "env_station": "no2_ugm3"}[kind]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=40)
+    parser.add_argument("--per-device", type=int, default=200)
+    parser.add_argument("--interval", type=float, default=0.05)
+    args = parser.parse_args()
+    stack = Stack(StackSettings(install_packages=False))
+    if not all(c.reachable for c in stack.status()):
+        raise SystemExit("the stack is not running: `cityops stack up` first")
+    figures = []
+    for linger in (0, 5):
+        with console.status(f"pipeline with gateway linger {linger} ms"):
+            r = await run_variant(stack, linger, args)
+        name = f"linger{linger}ms"
+        lat = np.array(r.latencies_ms) if r.latencies_ms else np.array([float("nan")])
+        figures += [
+            f"{name}_publish_rate: {r.publish_rate:.0f} msg/s",
+            f"{name}_rows_expected: {r.rows} rows",
+            f"{name}_rows_stored: {r.stored_rows} rows",
+            f"{name}_drain_after_last_publish: {r.drain_s * 1000:.0f} ms",
+            f"{name}_spike_alerts_received: {len(r.latencies_ms)} of {r.spikes}",
+            f"{name}_alert_latency_p50: {np.percentile(lat, 50):.1f} ms",
+            f"{name}_alert_latency_p95: {np.percentile(lat, 95):.1f} ms",
+            f"{name}_alert_latency_max: {lat.max():.1f} ms",
+        ]
+        figures += [f"{name}_{hop}_p50: {np.percentile(v, 50):.1f} ms" for hop, v in r.hops_ms.items() if v]
+    print("\n".join(figures))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
