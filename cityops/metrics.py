@@ -7,12 +7,14 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
 
+from cityops.lifecycle import AsyncService
+
 # Device-to-here latency, from a few ms to a minute (a backlog after an outage).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000)
 
 
-class MetricsServer:
+class MetricsServer(AsyncService):
     """Serves ``/metrics`` from the default registry on ``host:port`` (port 0: any free port)."""
 
     def __init__(self, host: str, port: int) -> None:
@@ -30,10 +32,3 @@ class MetricsServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-    async def __aenter__(self) -> MetricsServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()

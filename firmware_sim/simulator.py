@@ -7,13 +7,13 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Self
 
 import aiomqtt
 import msgspec
 
 from cityops import log
 from cityops.contracts import DeviceKind, mqtt_readings_topic
+from cityops.lifecycle import AsyncService
 from cityops.registry import Device, device_password
 from firmware_sim.settings import SimSettings
 from firmware_sim.signals import SIGNALS, spike_value
@@ -105,7 +105,7 @@ class SimDevice:
         return seq, len(body.metrics)
 
 
-class Simulator:
+class Simulator(AsyncService):
     def __init__(
         self,
         settings: SimSettings,
@@ -123,18 +123,13 @@ class Simulator:
         self.published = Published()
 
     async def start(self) -> None:
-        await asyncio.gather(*(d.start() for d in self.devices))
+        async with asyncio.TaskGroup() as tasks:  # one failed connection cancels the others
+            for device in self.devices:
+                tasks.create_task(device.start())
         _log.info("simulator connected", devices=len(self.devices))
 
     async def stop(self) -> None:
         await asyncio.gather(*(d.stop() for d in self.devices))
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def run(
         self,

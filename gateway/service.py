@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Self
 
 import aiomqtt
 from aiokafka import AIOKafkaProducer
@@ -19,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from cityops import log
 from cityops.contracts import MQTT_READINGS_FILTER, DeadLetter, encode, now_us
 from cityops.kafka import make_producer
+from cityops.lifecycle import AsyncService
 from cityops.metrics import MetricsServer
 from gateway import metrics
 from gateway.errors import GatewayError, PayloadError
@@ -31,7 +31,7 @@ _log = log.get("gateway")
 Ack = tuple[int, int, list["asyncio.Future[object]"], int]
 
 
-class Gateway:
+class Gateway(AsyncService):
     def __init__(self, settings: GatewaySettings, *, clock: Callable[[], int] = now_us) -> None:
         self.settings = settings
         self._clock = clock
@@ -85,13 +85,6 @@ class Gateway:
         if self._metrics is not None:
             await self._metrics.stop()
         _log.info("gateway stopped")
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def run(self) -> None:
         """Forward until cancelled. A Kafka failure ends the run with GatewayError (not acked)."""

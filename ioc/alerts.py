@@ -8,7 +8,7 @@ so a wall screen sees each alert once per IOC process.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer
@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from cityops import log
 from cityops.contracts import Alert, decode_alert, now_us, to_datetime
 from cityops.kafka import make_consumer
+from cityops.lifecycle import AsyncService
 from ioc import metrics
 from ioc.hub import Hub
 from ioc.settings import IocSettings
@@ -38,7 +39,7 @@ def alert_event(alert: Alert) -> dict[str, Any]:
     return {"type": "alert", "alert": body}
 
 
-class AlertFeed:
+class AlertFeed(AsyncService):
     def __init__(
         self, settings: IocSettings, pool: AsyncConnectionPool, hub: Hub, *, clock: Callable[[], int] = now_us
     ) -> None:
@@ -59,13 +60,6 @@ class AlertFeed:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def run(self) -> None:
         assert self._consumer is not None, "start() first"

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Self
 
 import uvicorn
 
+from cityops.lifecycle import AsyncService
 from ioc.app import create_app
 from ioc.errors import IocError
 from ioc.settings import IocSettings
 
 
-class ApiServer:
+class ApiServer(AsyncService):
     def __init__(self, settings: IocSettings) -> None:
         self.settings = settings
         self.port = settings.port
@@ -45,16 +45,11 @@ class ApiServer:
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
-            await self._task
-            self._server = None
+            try:
+                await self._task
+            finally:
+                self._server = None
 
     @property
     def url(self) -> str:
         return f"http://{self.settings.host}:{self.port}"
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Self
 
 import msgspec
 import numpy as np
@@ -19,8 +17,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError
 
 from cityops import log
-from cityops.contracts import Alert, DeadLetter, Reading, decode_reading, encode, now_us
+from cityops.contracts import Alert, DeadLetter, Reading, decode_reading, encode, now_us, to_datetime
 from cityops.kafka import make_consumer, make_producer
+from cityops.lifecycle import AsyncService
 from cityops.metrics import MetricsServer
 from stream import metrics
 from stream.detectors import EwmaParams, EwmaZScore
@@ -33,7 +32,7 @@ _log = log.get("stream")
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 
-class StreamService:
+class StreamService(AsyncService):
     def __init__(
         self,
         settings: StreamSettings,
@@ -93,29 +92,22 @@ class StreamService:
             await self._metrics.stop()
         _log.info("stream stopped")
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     async def run(self) -> None:
         """Consume until cancelled."""
         assert self._consumer is not None, "start() first"
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._maintain())
-            while True:
-                batch = await self._consumer.getmany(
-                    timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch
-                )
-                if batch:
-                    await self.process(batch)
-
-    async def _maintain(self) -> None:
+        interval_us = int(self.settings.maintenance_interval_s * 1_000_000)
+        next_maintenance = self._clock() + interval_us
         while True:
-            await asyncio.sleep(self.settings.maintenance_interval_s)
-            await self.store.maintain(datetime.now(UTC))
+            batch = await self._consumer.getmany(
+                timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch
+            )
+            if batch:
+                await self.process(batch)
+            # Between batches, on the writer's own connection: never inside a batch's transaction.
+            now = self._clock()
+            if now >= next_maintenance:
+                await self.store.maintain(to_datetime(now))
+                next_maintenance = now + interval_us
 
     async def process(self, batch: Batch) -> None:
         assert self._consumer is not None and self._producer is not None

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Self
 
 import numpy as np
 import psycopg
 
 from cityops import schema
 from cityops.contracts import to_datetime
+from cityops.lifecycle import AsyncService
 from cityops.schema import StorageMode
 from stream.detectors import F64, I64
 
@@ -62,7 +62,7 @@ class Rows:
         )
 
 
-class ReadingStore:
+class ReadingStore(AsyncService):
     def __init__(self, dsn: str, *, mode: StorageMode = StorageMode.AUTO) -> None:
         self._dsn = dsn
         self._requested_mode = mode
@@ -81,13 +81,6 @@ class ReadingStore:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     @property
     def conn(self) -> psycopg.AsyncConnection[object]:

@@ -1,0 +1,77 @@
+"""The stream service on real Kafka and PostgreSQL, with an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+
+from cityops import contracts
+from cityops.contracts import Reading, Topics
+from cityops.kafka import make_producer
+from cityops.schema import StorageMode
+from cityops.stack import Stack
+from stream import StreamService, StreamSettings
+from tests.helpers import eventually, read_topic
+
+T0 = contracts.to_us(contracts.to_datetime(0).replace(year=2026, month=11, day=21, hour=9))
+
+
+class ManualClock:
+    def __init__(self, now_us: int) -> None:
+        self.now_us = now_us
+
+    def __call__(self) -> int:
+        return self.now_us
+
+
+async def _one(dsn: str, query: str) -> object:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute(query.encode())
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+
+async def test_stores_dead_letters_and_maintains_on_its_clock(
+    stack: Stack, topics: Topics, database: str, uid: str
+) -> None:
+    clock = ManualClock(T0 + 3_600_000_000)
+    settings = StreamSettings(
+        topic_prefix=topics.prefix,
+        pg_dsn=database,
+        group_id=f"s-{uid}",
+        metrics_port=-1,
+        storage_mode=StorageMode.NATIVE,
+        maintenance_interval_s=60,
+    )
+    producer = make_producer(stack.settings.kafka_bootstrap, client_id="test")
+    await producer.start()
+    try:
+        for i in range(50):
+            r = Reading("dev-1", "pipe_node", i, T0 + i * 1_000_000, {"pressure_kpa": 400.0 + i % 3}, T0)
+            await producer.send(topics.readings, contracts.encode(r), key=b"dev-1")
+        await producer.send_and_wait(topics.readings, b"\x93not a reading", key=b"dev-1")
+    finally:
+        await producer.stop()
+
+    async with StreamService(settings, clock=clock) as service, asyncio.TaskGroup() as tasks:
+        runner = tasks.create_task(service.run())
+        await eventually(lambda: _equals(_one(database, "SELECT count(*) FROM readings"), 50))
+        assert await _one(database, "SELECT count(*) FROM readings_1m") == 0  # maintenance not due yet
+        clock.now_us += 61_000_000
+        await eventually(lambda: _equals(_one(database, "SELECT sum(n) FROM readings_1m"), 50))
+        runner.cancel()
+
+    assert await _one(database, "SELECT count(*) FROM readings_1h") == 1
+    letters = [
+        contracts.decode_dead_letter(v)
+        for v in await read_topic(stack.settings.kafka_bootstrap, topics.dead_letter, expect=1)
+    ]
+    assert len(letters) == 1
+    assert letters[0].payload == b"\x93not a reading"
+    assert letters[0].reason.startswith("undecodable reading")
+    assert letters[0].source.startswith(f"kafka:{topics.readings}/")
+
+
+async def _equals(value: object, expected: object) -> bool:
+    return await value == expected  # type: ignore[misc]
