@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import psycopg
 from aiokafka import AIOKafkaConsumer
 
 
@@ -35,3 +36,15 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float 
     finally:
         await consumer.stop()
     return out
+
+
+async def scalar(dsn: str, query: str) -> object:
+    """The first column of the first row of ``query`` in a fresh connection."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute(query.encode())
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+
+async def count_rows(dsn: str) -> int:
+    return int(await scalar(dsn, "SELECT count(*) FROM readings"))  # type: ignore[call-overload]

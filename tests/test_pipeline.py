@@ -22,17 +22,10 @@ from firmware_sim import SimSettings, Simulator, Spike
 from gateway import Gateway, GatewaySettings
 from ioc import ApiServer, IocSettings
 from stream import StreamService, StreamSettings
-from tests.helpers import eventually, read_topic
+from tests.helpers import count_rows, eventually, read_topic
 
 PER_DEVICE = 60
 SPIKE_SEQ = 45
-
-
-async def count_rows(dsn: str) -> int:
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        cur = await conn.execute("SELECT count(*) FROM readings")
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
 
 
 @pytest.mark.slow

@@ -13,16 +13,9 @@ from cityops.stack import Stack
 from firmware_sim import SimSettings, Simulator
 from gateway import Gateway, GatewaySettings
 from stream import StreamService, StreamSettings
-from tests.helpers import eventually
+from tests.helpers import count_rows, eventually
 
 PER_DEVICE = 150
-
-
-async def _count(dsn: str) -> int:
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        cur = await conn.execute("SELECT count(*) FROM readings")
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
 
 
 @pytest.mark.fault
@@ -47,13 +40,13 @@ async def test_stream_restart_mid_run_keeps_exactly_n_rows(
             first = StreamService(stream_settings)
             async with first:
                 run = tasks.create_task(first.run())
-                await eventually(lambda: _between(_count(database), 1, 10**9), timeout=30)
+                await eventually(lambda: _between(count_rows(database), 1, 10**9), timeout=30)
                 run.cancel()  # killed mid-run: in the middle of a poll or a batch
                 try:
                     await run
                 except asyncio.CancelledError:
                     pass
-            stopped_at = await _count(database)
+            stopped_at = await count_rows(database)
 
             published = await producing
         total = published.rows
@@ -62,13 +55,13 @@ async def test_stream_restart_mid_run_keeps_exactly_n_rows(
         second = StreamService(stream_settings)
         async with second:
             run = tasks.create_task(second.run())
-            await eventually(lambda: _between(_count(database), total, total), timeout=60)
+            await eventually(lambda: _between(count_rows(database), total, total), timeout=60)
             # Give a replay the chance to show up as duplicates before judging.
             await asyncio.sleep(1.0)
             run.cancel()
         gateway_task.cancel()
 
-    assert await _count(database) == total
+    assert await count_rows(database) == total
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cur = await conn.execute("SELECT count(DISTINCT (device_id, seq)) FROM readings")
         assert (await cur.fetchone()) == (PER_DEVICE * len(fleet),)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-import psycopg
-
 from cityops import contracts
 from cityops.contracts import Reading, Topics
 from cityops.kafka import make_producer
 from cityops.schema import StorageMode
 from cityops.stack import Stack
 from stream import StreamService, StreamSettings
-from tests.helpers import eventually, read_topic
+from tests.helpers import eventually, read_topic, scalar
 
 T0 = contracts.to_us(contracts.to_datetime(0).replace(year=2026, month=11, day=21, hour=9))
 
@@ -23,13 +21,6 @@ class ManualClock:
 
     def __call__(self) -> int:
         return self.now_us
-
-
-async def _one(dsn: str, query: str) -> object:
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        cur = await conn.execute(query.encode())
-        row = await cur.fetchone()
-        return row[0] if row else None
 
 
 async def test_stores_dead_letters_and_maintains_on_its_clock(
@@ -56,13 +47,13 @@ async def test_stores_dead_letters_and_maintains_on_its_clock(
 
     async with StreamService(settings, clock=clock) as service, asyncio.TaskGroup() as tasks:
         runner = tasks.create_task(service.run())
-        await eventually(lambda: _equals(_one(database, "SELECT count(*) FROM readings"), 50))
-        assert await _one(database, "SELECT count(*) FROM readings_1m") == 0  # maintenance not due yet
+        await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), 50))
+        assert await scalar(database, "SELECT count(*) FROM readings_1m") == 0  # maintenance not due yet
         clock.now_us += 61_000_000
-        await eventually(lambda: _equals(_one(database, "SELECT sum(n) FROM readings_1m"), 50))
+        await eventually(lambda: _equals(scalar(database, "SELECT sum(n) FROM readings_1m"), 50))
         runner.cancel()
 
-    assert await _one(database, "SELECT count(*) FROM readings_1h") == 1
+    assert await scalar(database, "SELECT count(*) FROM readings_1h") == 1
     letters = [
         contracts.decode_dead_letter(v)
         for v in await read_topic(stack.settings.kafka_bootstrap, topics.dead_letter, expect=1)
