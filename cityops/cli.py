@@ -198,7 +198,7 @@ def _provision(settings: CommonSettings, *, broker_dir: Path | None = None) -> l
 
     async def db_and_topics() -> None:
         async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
-            await schema.apply(conn)
+            await schema.apply(conn, mode=settings.storage_mode)
             await schema.upsert_devices(conn, devices)
         await ensure_topics(settings.kafka_bootstrap, settings.topics.all())
 

@@ -153,7 +153,8 @@ async def apply(
 ) -> StorageMode:
     """Create the schema (idempotent) and return the storage mode in use.
 
-    An existing database keeps the mode it was created with.
+    An existing database keeps the mode it was created with; asking for the other one explicitly
+    is an error rather than a silent no-op.
     """
     async with conn.transaction():
         # One creator at a time: services may start together.
@@ -162,7 +163,13 @@ async def apply(
         cur = await conn.execute("SELECT value FROM schema_info WHERE key = 'storage_mode'")
         row = await cur.fetchone()
         if row is not None:
-            return StorageMode(str(row[0]))  # type: ignore[index]
+            existing = StorageMode(str(row[0]))  # type: ignore[index]
+            if mode is not StorageMode.AUTO and mode is not existing:
+                raise SchemaError(
+                    f"the database was created with storage mode {existing.value!r}; "
+                    f"CITYOPS_STORAGE_MODE={mode.value!r} cannot change that (use a new database)"
+                )
+            return existing
         chosen = mode
         if chosen is StorageMode.AUTO:
             chosen = StorageMode.TIMESCALE if await timescale_available(conn) else StorageMode.NATIVE

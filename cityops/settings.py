@@ -14,6 +14,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cityops.contracts import Topics
+from cityops.schema import StorageMode
 
 # Ports are not the protocols' usual ones so that the project's stack never collides with a
 # broker or database a developer already runs; docker-compose.yml publishes the same ones.
@@ -51,6 +52,8 @@ class CommonSettings(BaseSettings):
         validation_alias=_shared("pg_dsn"),
     )
     topic_prefix: str = Field("cityops.", validation_alias=_shared("topic_prefix"))
+    # Which storage path a new database gets; every service that may create the schema passes it.
+    storage_mode: StorageMode = Field(StorageMode.AUTO, validation_alias=_shared("storage_mode"))
     state_dir: Path = Field(default_factory=default_state_dir, validation_alias=_shared("state_dir"))
     # Device MQTT passwords are HMAC(fleet_secret, device_id): the broker's password file and
     # the simulator derive the same credentials without a shared credentials file.

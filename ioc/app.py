@@ -78,17 +78,22 @@ def create_app(settings: IocSettings | None = None) -> FastAPI:
             open=False,
             kwargs={"autocommit": True},
         )
-        await pool.open(wait=True, timeout=30)
-        async with pool.connection() as conn:
-            await schema.apply(conn)
-        app.state.pool = pool
-        feed = AlertFeed(settings, pool, hub)
         try:
-            async with feed, asyncio.TaskGroup() as tasks:
-                runner = tasks.create_task(feed.run())
+            await pool.open(wait=True, timeout=30)
+            async with pool.connection() as conn:
+                await schema.apply(conn, mode=settings.storage_mode)
+            app.state.pool = pool
+            async with AlertFeed(settings, pool, hub) as feed:
+                # Owned here and awaited at shutdown. If it fails, /healthz says so and
+                # ApiServer.wait() stops the server, so a supervisor restarts the process
+                # instead of leaving wall screens connected to a feed that no longer flows.
+                app.state.feed = asyncio.create_task(feed.run(), name="alert-feed")
                 _log.info("api started", alerts_topic=settings.topics.alerts)
-                yield
-                runner.cancel()
+                try:
+                    yield
+                finally:
+                    app.state.feed.cancel()
+                    await asyncio.gather(app.state.feed, return_exceptions=True)
         finally:
             await pool.close()
             _log.info("api stopped")
@@ -120,9 +125,14 @@ def create_app(settings: IocSettings | None = None) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
-    async def healthz(request: Request) -> dict[str, Any]:
+    async def healthz(request: Request) -> JSONResponse:
+        """200 when the database answers and the alert feed runs; 503 otherwise, with the reason."""
+        feed: asyncio.Task[None] = request.app.state.feed
+        if feed.done():
+            error = None if feed.cancelled() else feed.exception()
+            return JSONResponse({"status": "failing", "feed": f"stopped: {error!r}"}, status_code=503)
         await rows(request, "SELECT 1", {})
-        return {"status": "ok", "ws_clients": len(hub)}
+        return JSONResponse({"status": "ok", "feed": "running", "ws_clients": len(hub)})
 
     @app.get("/devices")
     async def devices(

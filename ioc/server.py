@@ -20,8 +20,9 @@ class ApiServer(AsyncService):
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self.app = create_app(self.settings)
         config = uvicorn.Config(
-            create_app(self.settings),
+            self.app,
             host=self.settings.host,
             port=self.settings.port,
             log_config=None,
@@ -39,7 +40,14 @@ class ApiServer(AsyncService):
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
 
     async def wait(self) -> None:
-        assert self._task is not None
+        """Serve until stopped; raises IocError if the alert feed fails (after stopping the server)."""
+        assert self._task is not None and self._server is not None
+        feed: asyncio.Task[None] = self.app.state.feed
+        await asyncio.wait({self._task, feed}, return_when=asyncio.FIRST_COMPLETED)
+        if feed.done() and not feed.cancelled() and feed.exception() is not None:
+            error = feed.exception()
+            await self.stop()
+            raise IocError(f"alert feed failed: {error!r}") from error
         await self._task
 
     async def stop(self) -> None:

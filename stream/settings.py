@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from pydantic_settings import SettingsConfigDict
 
-from cityops.schema import StorageMode
 from cityops.settings import STREAM_METRICS_PORT, CommonSettings
 
 
@@ -15,7 +14,6 @@ class StreamSettings(CommonSettings):
     client_id: str = "cityops-stream-1"
     max_batch: int = 5_000
     poll_timeout_ms: int = 200
-    storage_mode: StorageMode = StorageMode.AUTO
     maintenance_interval_s: float = 60.0
     # EWMA z-score detector (see stream.detectors.EwmaParams).
     ewma_alpha: float = 0.05

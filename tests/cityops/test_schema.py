@@ -25,6 +25,8 @@ async def test_native_schema_partitions_rollups_and_retention(database: str) -> 
         # Idempotent, and an existing database keeps its mode.
         assert await schema.apply(conn, mode=StorageMode.AUTO) is StorageMode.NATIVE
         assert await schema.storage_mode(conn) is StorageMode.NATIVE
+        with pytest.raises(SchemaError, match="created with storage mode 'native'"):
+            await schema.apply(conn, mode=StorageMode.TIMESCALE)
         kind = await _rows(conn, "SELECT relkind FROM pg_class WHERE relname = 'readings'")
         assert kind == [("p",)]  # partitioned table
 

@@ -18,6 +18,7 @@ from cityops.kafka import make_producer
 from cityops.registry import Device
 from cityops.stack import Stack
 from ioc import ApiServer, IocSettings
+from ioc.errors import IocError
 from tests.helpers import eventually
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -161,7 +162,8 @@ async def test_bad_requests_get_4xx_with_a_message(
 
 async def test_metrics_and_health(api: ApiServer) -> None:
     async with httpx.AsyncClient(base_url=api.url, follow_redirects=True) as http:
-        assert (await http.get("/healthz")).json()["status"] == "ok"
+        health = (await http.get("/healthz")).json()
+        assert health["status"] == "ok" and health["feed"] == "running"
         text = (await http.get("/metrics")).text
         assert "cityops_ioc_alerts_in_total" in text and "cityops_ioc_latency_seconds_bucket" in text
         page = await http.get("/")
@@ -178,3 +180,29 @@ async def test_websocket_clients_that_leave_do_not_linger(api: ApiServer) -> Non
 
 async def _ws_clients(http: httpx.AsyncClient, n: int) -> bool:
     return bool((await http.get("/healthz")).json()["ws_clients"] == n)
+
+
+@pytest.mark.fault
+async def test_a_failing_alert_feed_is_reported_and_stops_the_server(
+    stack: Stack, topics: Topics, database: str, uid: str
+) -> None:
+    settings = IocSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"ioc-{uid}", port=0)
+    async with ApiServer(settings) as server:
+        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+            await conn.execute("DROP TABLE alerts")  # the feed's next insert fails
+        producer = make_producer(stack.settings.kafka_bootstrap, client_id="test")
+        await producer.start()
+        try:
+            await producer.send_and_wait(topics.alerts, contracts.encode(make_alert("pipe-1", 1)), key=b"pipe-1")
+        finally:
+            await producer.stop()
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            await eventually(lambda: _status(http, "/healthz", 503), timeout=20)
+            body = (await http.get("/healthz")).json()
+        assert body["status"] == "failing" and "alerts" in body["feed"]
+        with pytest.raises(IocError, match="alert feed failed"):
+            await asyncio.wait_for(server.wait(), 20)
+
+
+async def _status(http: httpx.AsyncClient, path: str, status: int) -> bool:
+    return (await http.get(path)).status_code == status
