@@ -21,11 +21,13 @@ BOOL = npt.NDArray[np.bool_]
 @njit(cache=True, nogil=True)
 def ewma_zscore_kernel(
     series: I64,
+    ts: I64,
     values: F64,
     mean: F64,
     var: F64,
     count: I64,
     since_alarm: I64,
+    last_ts: I64,
     alpha: float,
     warmup: int,
     threshold: float,
@@ -44,11 +46,21 @@ def ewma_zscore_kernel(
     ``mean +- clip * spread`` so that a spike does not inflate the spread that judges the next
     readings. An alarm needs ``|z| >= threshold`` and ``refractory`` readings since the series'
     previous alarm (one alarm per episode, not one per reading).
+
+    A reading not newer than the series' last one (a redelivery, a replayed batch, a late
+    arrival) is scored 0 and leaves the state alone: each instant counts once.
     """
     for i in range(values.shape[0]):
         s = series[i]
         x = values[i]
         n = count[s]
+        if n > 0 and ts[i] <= last_ts[s]:
+            scores[i] = 0.0
+            baselines[i] = mean[s]
+            spreads[i] = np.sqrt(var[s])
+            alarms[i] = False
+            continue
+        last_ts[s] = ts[i]
         if n == 0:
             mean[s] = x
             var[s] = 0.0
@@ -121,6 +133,7 @@ class EwmaZScore:
         self.var = np.zeros(capacity, np.float64)
         self.count = np.zeros(capacity, np.int64)
         self.since_alarm = np.zeros(capacity, np.int64)
+        self.last_ts = np.zeros(capacity, np.int64)
 
     @property
     def window(self) -> int:
@@ -131,13 +144,17 @@ class EwmaZScore:
         if needed <= size:
             return
         new = max(needed, size * 2)
-        for name in ("mean", "var", "count", "since_alarm"):
+        for name in ("mean", "var", "count", "since_alarm", "last_ts"):
             old = getattr(self, name)
             arr = np.zeros(new, old.dtype)
             arr[:size] = old
             setattr(self, name, arr)
 
-    def update(self, series: I64, values: F64) -> Scored:
+    def is_cold(self, series: int) -> bool:
+        """No reading of this series has been seen (since the process started)."""
+        return series >= self.count.shape[0] or self.count[series] == 0
+
+    def update(self, series: I64, ts: I64, values: F64) -> Scored:
         """Score a batch (readings of each series in time order) and advance the state."""
         n = values.shape[0]
         if n:
@@ -146,11 +163,13 @@ class EwmaZScore:
         p = self.params
         ewma_zscore_kernel(
             series,
+            ts,
             values,
             self.mean,
             self.var,
             self.count,
             self.since_alarm,
+            self.last_ts,
             p.alpha,
             p.warmup,
             p.threshold,

@@ -11,3 +11,6 @@ ERRORS = Counter("cityops_stream_errors_total", "Batches that failed", ["stage"]
 BATCH_SIZE = Histogram("cityops_stream_batch_messages", "Messages per processed batch", buckets=BATCH_BUCKETS)
 LAG = Gauge("cityops_stream_consumer_lag", "Messages behind the partition's high watermark", ["partition"])
 LATENCY = Histogram("cityops_stream_latency_seconds", "Device timestamp to durably stored", buckets=LATENCY_BUCKETS)
+WARMUP_READINGS = Counter(
+    "cityops_stream_warmup_readings_total", "Stored readings replayed into detectors for series seen for the first time"
+)

@@ -154,7 +154,7 @@ class StreamService(AsyncService):
         for reading in readings:
             metrics.LATENCY.observe(max(0.0, (stored - reading.ts_us) / 1e6))
 
-        sends = [await self._send_alert(a) for a in self._detect(rows)]
+        sends = [await self._send_alert(a) for a in await self._detect(rows)]
         for letter in dead:
             _log.warning("dead letter", reason=letter.reason, source=letter.source)
             sends.append(await self._producer.send(self._topics.dead_letter, encode(letter), key=b""))
@@ -173,11 +173,29 @@ class StreamService(AsyncService):
             if highwater is not None and records:
                 metrics.LAG.labels(str(tp.partition)).set(max(0, highwater - records[-1].offset - 1))
 
-    def _detect(self, rows: Rows) -> list[Alert]:
+    async def _warm_up(self, series: np.ndarray, ts: np.ndarray) -> None:
+        """Replay stored history into the detector for series it has not seen yet."""
+        unique, first = np.unique(series, return_index=True)
+        cold = [(int(s), int(ts[i])) for s, i in zip(unique, first, strict=True) if self.detector.is_cold(int(s))]
+        if not cold:
+            return
+        idx, h_ts, h_values = await self.store.history(
+            [self.series.key(s) for s, _ in cold],
+            [before for _, before in cold],
+            limit=self.settings.warmup_readings,
+            max_age_us=int(self.settings.warmup_max_age_s * 1_000_000),
+        )
+        if idx:
+            sids = np.asarray([cold[i][0] for i in idx], np.int64)
+            self.detector.update(sids, np.asarray(h_ts, np.int64), np.asarray(h_values, np.float64))
+            metrics.WARMUP_READINGS.inc(len(idx))
+
+    async def _detect(self, rows: Rows) -> list[Alert]:
         if not rows:
             return []
         series, values, ts = rows.arrays()
-        scored = self.detector.update(series, values)
+        await self._warm_up(series, ts)
+        scored = self.detector.update(series, ts, values)
         emitted = self._clock()
         alerts = []
         for i in np.flatnonzero(scored.alarms):

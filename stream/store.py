@@ -38,6 +38,24 @@ ON CONFLICT DO NOTHING
 """
 
 
+# Per series, an index range scan on the primary key (device_id, metric, ts).
+HISTORY = """
+SELECT q.idx, h.ts_us, h.value
+FROM unnest(%(idx)s::int[], %(dev)s::text[], %(met)s::text[], %(before)s::bigint[])
+     AS q(idx, device_id, metric, before_us)
+CROSS JOIN LATERAL (
+    SELECT (EXTRACT(EPOCH FROM r.ts) * 1000000)::bigint AS ts_us, r.value
+    FROM readings r
+    WHERE r.device_id = q.device_id AND r.metric = q.metric
+      AND r.ts < TIMESTAMPTZ 'epoch' + q.before_us * INTERVAL '1 microsecond'
+      AND r.ts >= TIMESTAMPTZ 'epoch' + (q.before_us - %(age)s) * INTERVAL '1 microsecond'
+    ORDER BY r.ts DESC
+    LIMIT %(lim)s
+) h
+ORDER BY q.idx, h.ts_us
+"""
+
+
 @dataclass
 class Rows:
     """A batch of readings flattened to one row per (device, metric, time), in arrival order."""
@@ -111,6 +129,34 @@ class ReadingStore(AsyncService):
             inserted = cur.rowcount
         self._dirty = (lo, hi) if self._dirty is None else (min(lo, self._dirty[0]), max(hi, self._dirty[1]))
         return inserted
+
+    async def history(
+        self, keys: list[tuple[str, str]], before_us: list[int], *, limit: int, max_age_us: int
+    ) -> tuple[list[int], list[int], list[float]]:
+        """The latest ``limit`` stored readings of each series before its time in ``before_us``.
+
+        Returns (key index, ts_us, value), each series in time order: what a detector that
+        starts cold replays to pick up where the previous process left off.
+        """
+        if not keys:
+            return [], [], []
+        cur = await self.conn.execute(
+            HISTORY,
+            {
+                "idx": list(range(len(keys))),
+                "dev": [k[0] for k in keys],
+                "met": [k[1] for k in keys],
+                "before": before_us,
+                "age": max_age_us,
+                "lim": limit,
+            },
+        )
+        rows = await cur.fetchall()
+        return (
+            [int(r[0]) for r in rows],  # type: ignore[index]
+            [int(r[1]) for r in rows],  # type: ignore[index]
+            [float(r[2]) for r in rows],  # type: ignore[index]
+        )
 
     async def maintain(self, now: datetime) -> None:
         """Native mode: fold new data into the rollups, create tomorrow's partitions, drop expired ones.

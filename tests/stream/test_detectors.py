@@ -41,8 +41,9 @@ def test_kernel_matches_reference_on_interleaved_series() -> None:
     det = EwmaZScore(p, capacity=2)  # forces state growth too
     scores = np.empty_like(values)
     alarms = np.empty(len(values), bool)
+    ts = np.repeat(np.arange(n), n_series).astype(np.int64)  # row i of each series at time i
     for lo in range(0, len(values), 333):
-        out = det.update(order[lo : lo + 333].astype(np.int64), values[lo : lo + 333])
+        out = det.update(order[lo : lo + 333].astype(np.int64), ts[lo : lo + 333], values[lo : lo + 333])
         scores[lo : lo + 333] = out.scores
         alarms[lo : lo + 333] = out.alarms
     for s in range(n_series):
@@ -58,7 +59,7 @@ def test_spike_alarms_once_and_does_not_blind_the_detector() -> None:
     values[200] = 160.0
     values[260] = 140.0
     det = EwmaZScore(EwmaParams(refractory=20))
-    out = det.update(np.zeros(300, np.int64), values)
+    out = det.update(np.zeros(300, np.int64), np.arange(300, dtype=np.int64), values)
     assert set(np.flatnonzero(out.alarms)) == {200, 260}
     assert out.baselines[200] == np.float64(out.baselines[200])
     assert abs(out.baselines[201] - 100.0) < 3.0  # clipping kept the spike out of the baseline
@@ -66,5 +67,21 @@ def test_spike_alarms_once_and_does_not_blind_the_detector() -> None:
 
 def test_no_alarms_during_warm_up() -> None:
     values = np.array([1.0, 1.0, 50.0, 1.0])
-    out = EwmaZScore(EwmaParams(warmup=30)).update(np.zeros(4, np.int64), values)
+    out = EwmaZScore(EwmaParams(warmup=30)).update(np.zeros(4, np.int64), np.arange(4, dtype=np.int64), values)
     assert not out.alarms.any()
+
+
+def test_replayed_and_late_readings_count_once() -> None:
+    rng = np.random.default_rng(1)
+    values = rng.normal(50.0, 1.0, 200)
+    ts = np.arange(200, dtype=np.int64)
+    once, twice = EwmaZScore(), EwmaZScore()
+    once.update(np.zeros(200, np.int64), ts, values)
+    twice.update(np.zeros(150, np.int64), ts[:150], values[:150])
+    # A replay of the last 50 already-seen readings, then the rest: same state as one pass.
+    replay = twice.update(np.zeros(100, np.int64), ts[100:], values[100:])
+    assert not replay.alarms[:50].any() and (replay.scores[:50] == 0).all()
+    assert (once.mean[0], once.var[0], once.count[0]) == (twice.mean[0], twice.var[0], twice.count[0])
+    # A late reading (older than the last one) is ignored even if it is wild.
+    late = twice.update(np.zeros(1, np.int64), np.array([10], np.int64), np.array([1e6]))
+    assert not late.alarms[0] and twice.count[0] == 200

@@ -66,3 +66,38 @@ async def test_stores_dead_letters_and_maintains_on_its_clock(
 
 async def _equals(value: object, expected: object) -> bool:
     return await value == expected  # type: ignore[misc]
+
+
+async def test_a_restarted_stream_warms_up_from_history_and_catches_the_next_spike(
+    stack: Stack, topics: Topics, database: str, uid: str
+) -> None:
+    settings = StreamSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1)
+
+    async def publish(seqs: range, spike_at: int | None = None) -> None:
+        producer = make_producer(stack.settings.kafka_bootstrap, client_id="test")
+        await producer.start()
+        try:
+            for i in seqs:
+                value = 400.0 + (i % 5) * 0.5 + (80.0 if i == spike_at else 0.0)
+                r = Reading("dev-1", "pipe_node", i, T0 + i * 1_000_000, {"pressure_kpa": value}, T0)
+                await producer.send_and_wait(topics.readings, contracts.encode(r), key=b"dev-1")
+        finally:
+            await producer.stop()
+
+    async def run_until(rows: int) -> None:
+        async with StreamService(settings) as service, asyncio.TaskGroup() as tasks:
+            runner = tasks.create_task(service.run())
+            await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), rows))
+            runner.cancel()
+
+    await publish(range(40))
+    await run_until(40)
+    # A new process: without history it would need 30 readings before it could alert.
+    await publish(range(40, 50), spike_at=45)
+    await run_until(50)
+    alerts = [
+        contracts.decode_alert(v)
+        for v in await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=1, timeout=10)
+    ]
+    assert [(a.device_id, a.seq) for a in alerts] == [("dev-1", 45)]
+    assert abs(alerts[0].baseline - 401.0) < 1.0  # the baseline came from the stored history
