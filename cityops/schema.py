@@ -7,8 +7,8 @@ Two storage paths with the same relations, so queries (the API's, Grafana's) do 
   ``readings_1m`` and ``readings_1h`` are continuous aggregates refreshed by policies.
 - **native**, plain PostgreSQL 15: ``readings`` is range-partitioned by day (partitions are
   created ahead of the data by :func:`ensure_partitions` and dropped by :func:`drop_expired`),
-  and ``readings_1m``/``readings_1h`` are tables that :func:`refresh_rollups` upserts for the
-  time range that new data touched. Nothing is compressed on this path.
+  and ``readings_1m``/``readings_1h`` are tables that :func:`refresh_rollups` recomputes for the
+  hours new data touched (recorded durably in ``rollup_dirty``). Nothing is compressed on this path.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ FROM readings
 
 
 def _native_ddl() -> str:
-    parts = [f"CREATE TABLE IF NOT EXISTS readings ({READINGS_COLUMNS}) PARTITION BY RANGE (ts);"]
+    parts = [f"CREATE TABLE IF NOT EXISTS readings ({READINGS_COLUMNS}) PARTITION BY RANGE (ts);", DIRTY_DDL + ";"]
     for name in ROLLUPS:
         parts.append(
             f"""CREATE TABLE IF NOT EXISTS {name} (
@@ -169,6 +169,8 @@ async def apply(
                     f"the database was created with storage mode {existing.value!r}; "
                     f"CITYOPS_STORAGE_MODE={mode.value!r} cannot change that (use a new database)"
                 )
+            if existing is StorageMode.NATIVE:
+                await conn.execute(_native_ddl().encode())  # idempotent: brings older databases up to date
             return existing
         chosen = mode
         if chosen is StorageMode.AUTO:
@@ -191,7 +193,8 @@ async def apply(
 
 
 def partition_name(day: date) -> str:
-    return f"readings_p{day:%Y%m%d}"
+    # Explicit widths: strftime does not zero-pad years below 1000 on every platform.
+    return f"readings_p{day.year:04d}{day.month:02d}{day.day:02d}"
 
 
 async def ensure_partitions(conn: psycopg.AsyncConnection[object], days: Iterable[date]) -> list[str]:
@@ -208,6 +211,7 @@ async def ensure_partitions(conn: psycopg.AsyncConnection[object], days: Iterabl
             sql.Identifier(name), sql.Literal(start), sql.Literal(start + timedelta(days=1))
         )
         async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(727275)")  # stream instances may race at midnight
             await conn.execute(stmt)
         created.append(name)
     return created
@@ -234,26 +238,57 @@ async def drop_expired(conn: psycopg.AsyncConnection[object], now: datetime) -> 
     return dropped
 
 
-async def refresh_rollups(conn: psycopg.AsyncConnection[object], since: datetime, until: datetime) -> None:
-    """Recompute the rollup buckets that overlap ``[since, until]`` (native mode).
+BUCKET_ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 
-    The stream tier passes the time range its writes touched, so late and replayed data are
-    folded in exactly like a continuous aggregate's invalidation would.
+# Hours whose rollups are stale (native mode). Written in the same transaction as the rows
+# (see MARK_STAGED_DIRTY in stream/store.py), consumed in the same transaction as the refresh:
+# neither a crash nor a failed refresh loses a range.
+DIRTY_DDL = "CREATE TABLE IF NOT EXISTS rollup_dirty (hour timestamptz PRIMARY KEY)"
+DIRTY_UNIT = timedelta(hours=1)  # a multiple of every rollup width, so buckets never straddle it
+
+
+async def mark_dirty(conn: psycopg.AsyncConnection[object], since: datetime, until: datetime) -> None:
+    """Mark the hours overlapping ``[since, until]`` for the next :func:`refresh_rollups`."""
+    await conn.execute(
+        f"INSERT INTO rollup_dirty (hour) SELECT generate_series(date_bin(INTERVAL '1 hour', %s, {BUCKET_ORIGIN}), "
+        "%s, INTERVAL '1 hour') ON CONFLICT DO NOTHING".encode(),
+        (since, until),
+    )
+
+
+async def refresh_rollups(conn: psycopg.AsyncConnection[object]) -> int:
+    """Recompute the rollup buckets of every dirty hour (native mode); returns how many hours.
+
+    Late and replayed data mark their hours dirty like any other, so they are folded in the
+    way a continuous aggregate's invalidation would fold them.
     """
     async with conn.transaction():
-        for name, width in ROLLUPS.items():
-            bucket = f"date_bin(INTERVAL '{_interval(width)}', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
-            query = (
-                f"INSERT INTO {name} (bucket, device_id, metric, n, mean, min, max) "
-                f"{ROLLUP_SELECT.format(bucket=bucket)} "
-                f"WHERE ts >= date_bin(INTERVAL '{_interval(width)}', %(since)s, TIMESTAMPTZ '2000-01-01 00:00:00+00') "
-                f"AND ts < date_bin(INTERVAL '{_interval(width)}', %(until)s, TIMESTAMPTZ '2000-01-01 00:00:00+00') "
-                f"+ INTERVAL '{_interval(width)}' "
-                "GROUP BY 1, 2, 3 "
-                "ON CONFLICT (device_id, metric, bucket) DO UPDATE SET "
-                "n = EXCLUDED.n, mean = EXCLUDED.mean, min = EXCLUDED.min, max = EXCLUDED.max"
-            )
-            await conn.execute(query.encode(), {"since": since, "until": until})
+        await conn.execute("SELECT pg_advisory_xact_lock(727276)")  # one refresher at a time
+        cur = await conn.execute("DELETE FROM rollup_dirty RETURNING hour")
+        hours = sorted(row[0] for row in await cur.fetchall())  # type: ignore[index]
+        for lo, hi in _contiguous(hours):
+            for name, width in ROLLUPS.items():
+                bucket = f"date_bin(INTERVAL '{_interval(width)}', ts, {BUCKET_ORIGIN})"
+                query = (
+                    f"INSERT INTO {name} (bucket, device_id, metric, n, mean, min, max) "
+                    f"{ROLLUP_SELECT.format(bucket=bucket)} WHERE ts >= %(lo)s AND ts < %(hi)s "
+                    "GROUP BY 1, 2, 3 "
+                    "ON CONFLICT (device_id, metric, bucket) DO UPDATE SET "
+                    "n = EXCLUDED.n, mean = EXCLUDED.mean, min = EXCLUDED.min, max = EXCLUDED.max"
+                )
+                await conn.execute(query.encode(), {"lo": lo, "hi": hi})
+    return len(hours)
+
+
+def _contiguous(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
+    """Sorted hour starts -> half-open ranges covering consecutive hours."""
+    runs: list[tuple[datetime, datetime]] = []
+    for hour in hours:
+        if runs and runs[-1][1] == hour:
+            runs[-1] = (runs[-1][0], hour + DIRTY_UNIT)
+        else:
+            runs.append((hour, hour + DIRTY_UNIT))
+    return runs
 
 
 async def upsert_devices(conn: psycopg.AsyncConnection[object], devices: Iterable[object]) -> int:

@@ -35,7 +35,9 @@ class Gateway(AsyncService):
     def __init__(self, settings: GatewaySettings, *, clock: Callable[[], int] = now_us) -> None:
         self.settings = settings
         self._clock = clock
-        self._limits = Limits(settings.max_payload_bytes, int(settings.max_future_skew_s * 1_000_000))
+        self._limits = Limits(
+            settings.max_payload_bytes, int(settings.max_future_skew_s * 1_000_000), int(settings.max_age_s * 1_000_000)
+        )
         self._topics = settings.topics
         self._producer: AIOKafkaProducer | None = None
         self._mqtt: aiomqtt.Client | None = None

@@ -18,6 +18,7 @@ class GatewaySettings(CommonSettings):
     max_in_flight: int = 1_000
     max_payload_bytes: int = 64 * 1024
     max_future_skew_s: float = 300.0
+    max_age_s: float = 90 * 86_400.0
     kafka_linger_ms: int = 5
     metrics_host: str = "127.0.0.1"
     metrics_port: int = GATEWAY_METRICS_PORT

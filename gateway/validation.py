@@ -25,6 +25,9 @@ class Limits:
     max_payload_bytes: int = 64 * 1024
     # Devices with a wrong clock: a reading from the future would corrupt windows downstream.
     max_future_skew_us: int = 300 * 1_000_000
+    # Older than the storage retention: it would be dropped on arrival (or, from a clock reset
+    # to 1970, open a partition decades in the past).
+    max_age_us: int = 90 * 86_400 * 1_000_000
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,10 @@ def validate(topic: str, payload: bytes, *, now_us: int, limits: Limits = Limits
     ts_us = to_us(msg.ts)
     if ts_us - now_us > limits.max_future_skew_us:
         raise PayloadError(f"timestamp {msg.ts.isoformat()} is {(ts_us - now_us) / 1e6:.0f} s in the future")
+    if now_us - ts_us > limits.max_age_us:
+        raise PayloadError(
+            f"timestamp {msg.ts.isoformat()} is older than the {limits.max_age_us / 86_400e6:.0f}-day retention"
+        )
     if not msg.metrics:
         raise PayloadError("no metrics in payload")
 

@@ -14,7 +14,6 @@ import numpy as np
 import psycopg
 
 from cityops import schema
-from cityops.contracts import to_datetime
 from cityops.lifecycle import AsyncService
 from cityops.schema import StorageMode
 from stream.detectors import F64, I64
@@ -56,6 +55,15 @@ ORDER BY q.idx, h.ts_us
 """
 
 
+MARK_STAGED_DIRTY = f"""
+INSERT INTO rollup_dirty (hour)
+SELECT DISTINCT date_bin(INTERVAL '1 hour', TIMESTAMPTZ 'epoch' + ts_us * INTERVAL '1 microsecond',
+                         {schema.BUCKET_ORIGIN})
+FROM readings_stage
+ON CONFLICT DO NOTHING
+"""
+
+
 @dataclass
 class Rows:
     """A batch of readings flattened to one row per (device, metric, time), in arrival order."""
@@ -87,8 +95,6 @@ class ReadingStore(AsyncService):
         self.mode: StorageMode | None = None
         self._conn: psycopg.AsyncConnection[object] | None = None
         self._partitions: set[date] = set()
-        # Time range written since the last rollup refresh (native mode).
-        self._dirty: tuple[int, int] | None = None
 
     async def start(self) -> None:
         self._conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
@@ -110,7 +116,6 @@ class ReadingStore(AsyncService):
         if not rows:
             return 0
         ts = np.asarray(rows.ts_us, np.int64)
-        lo, hi = int(ts.min()), int(ts.max())
         if self.mode is StorageMode.NATIVE:
             days = {_EPOCH_DAY + timedelta(days=int(d)) for d in np.unique(ts // _US_PER_DAY)}
             missing = days - self._partitions
@@ -127,7 +132,8 @@ class ReadingStore(AsyncService):
                     await copy.write_row(row)
             await cur.execute(MERGE)
             inserted = cur.rowcount
-        self._dirty = (lo, hi) if self._dirty is None else (min(lo, self._dirty[0]), max(hi, self._dirty[1]))
+            if self.mode is StorageMode.NATIVE:
+                await cur.execute(MARK_STAGED_DIRTY.encode())
         return inserted
 
     async def history(
@@ -165,10 +171,7 @@ class ReadingStore(AsyncService):
         """
         if self.mode is not StorageMode.NATIVE:
             return
-        if self._dirty is not None:
-            lo, hi = self._dirty
-            self._dirty = None
-            await schema.refresh_rollups(self.conn, to_datetime(lo), to_datetime(hi))
+        await schema.refresh_rollups(self.conn)
         today = now.astimezone(UTC).date()
         upcoming = {today + timedelta(days=i) for i in range(3)} - self._partitions
         if upcoming:

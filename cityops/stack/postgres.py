@@ -6,7 +6,6 @@ import os
 import pwd
 from pathlib import Path
 
-from cityops.errors import StackError
 from cityops.stack.process import run, wait_for_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -62,19 +61,21 @@ class Postgres:
         return run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), *args], what=what, user=self._os_user())
 
     def running(self) -> bool:
-        if not (self.data / "postmaster.pid").exists():
-            return False
-        try:
-            self._pg_ctl("status", what="postgres status")
-            return True
-        except StackError:
-            return False
+        return self.pid() is not None
 
     def pid(self) -> int | None:
+        """The postmaster's pid, if the one recorded in postmaster.pid is alive and serves our data dir.
+
+        After a machine restart the recorded pid may belong to an unrelated process (even
+        another PostgreSQL cluster); ``pg_ctl status`` would take that for ours.
+        """
         try:
-            return int((self.data / "postmaster.pid").read_text().splitlines()[0])
+            pid = int((self.data / "postmaster.pid").read_text().splitlines()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (FileNotFoundError, ValueError, IndexError):
             return None
+        ours = any(Path(arg.decode(errors="replace")) == self.data for arg in cmdline if arg)
+        return pid if ours and cmdline[0].endswith(b"postgres") else None
 
     def _init(self) -> None:
         if (self.data / "PG_VERSION").exists():
@@ -158,6 +159,9 @@ class Postgres:
         self._init()
         self._configure()
         if not self.running():
+            # A lock file left by a crash or a reboot would make the postmaster refuse to start
+            # if its pid now belongs to someone else.
+            (self.data / "postmaster.pid").unlink(missing_ok=True)
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             if os.geteuid() == 0 and not self.log_file.exists():
                 self.log_file.touch()

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from cityops.stack.process import Daemon
@@ -23,3 +24,28 @@ def test_daemon_stops_what_it_started_and_nothing_else(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+def test_postgres_does_not_take_a_stale_lock_files_pid_for_its_own(tmp_path: Path) -> None:
+    from cityops.stack.postgres import Postgres
+
+    pg = Postgres(tmp_path, "127.0.0.1", 1, user="u", password="p", database="d")
+    pg.data.mkdir(parents=True)
+    lock = pg.data / "postmaster.pid"
+    script = "import time; time.sleep(60)"
+    foreign = subprocess.Popen([sys.executable, "-c", script])  # e.g. a pid reused after a reboot
+    ours = subprocess.Popen(
+        ["bash", "-c", f'exec -a /usr/lib/postgresql/15/bin/postgres {sys.executable} -c "{script}" -D {pg.data}']
+    )
+    try:
+        lock.write_text(f"{foreign.pid}\n{pg.data}\n")
+        assert pg.pid() is None and not pg.running()
+        lock.write_text(f"{ours.pid}\n{pg.data}\n")
+        deadline = time.monotonic() + 5
+        while pg.pid() is None and time.monotonic() < deadline:  # until bash has exec'd
+            time.sleep(0.05)
+        assert pg.pid() == ours.pid
+    finally:
+        for proc in (foreign, ours):
+            proc.kill()
+            proc.wait()

@@ -3,7 +3,7 @@ path where the extension exists (otherwise: asking for it fails with a clear err
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import pytest
@@ -43,7 +43,9 @@ async def test_native_schema_partitions_rollups_and_retention(database: str) -> 
                 "VALUES (%s, 'd1', 'm', %s, 0, %s)",
                 (ts, v, ts),
             )
-        await schema.refresh_rollups(conn, values[0][0], values[-1][0])
+        await schema.mark_dirty(conn, values[0][0], values[-1][0])
+        assert await schema.refresh_rollups(conn) == 1  # one dirty hour
+        assert await schema.refresh_rollups(conn) == 0  # consumed
         minute = await _rows(conn, "SELECT bucket, n, mean, min, max FROM readings_1m ORDER BY bucket")
         assert minute == [
             (day, 3, 1.0, 0.0, 2.0),
@@ -59,7 +61,8 @@ async def test_native_schema_partitions_rollups_and_retention(database: str) -> 
             "INSERT INTO readings (ts, device_id, metric, value, seq, gateway_at) VALUES (%s, 'd1', 'm', 100, 1, %s)",
             (late, late),
         )
-        await schema.refresh_rollups(conn, late, late)
+        await schema.mark_dirty(conn, late, late)
+        await schema.refresh_rollups(conn)
         assert await _rows(conn, "SELECT n, max FROM readings_1m WHERE bucket = %s", day) == [(4, 100.0)]
 
         dropped = await schema.drop_expired(conn, now=day)
@@ -81,6 +84,11 @@ async def test_timescale_mode(database: str) -> None:
                 await schema.apply(conn, mode=StorageMode.TIMESCALE)
             # Nothing half-made: AUTO then chooses the native path cleanly.
             assert await schema.apply(conn) is StorageMode.NATIVE
+
+
+def test_partition_names_sort_and_parse_for_any_year() -> None:
+    names = [schema.partition_name(date(y, 1, 2)) for y in (1, 50, 999, 2026)]
+    assert names == ["readings_p00010102", "readings_p00500102", "readings_p09990102", "readings_p20260102"]
 
 
 def test_timescale_ddl_declares_policies_and_aggregates() -> None:

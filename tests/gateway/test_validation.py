@@ -57,6 +57,8 @@ def test_message_with_only_invalid_metrics_forwards_nothing() -> None:
         (payload(metrics={}), TOPIC, "no metrics"),
         (payload(device_id="pipe-0002"), TOPIC, "does not match topic"),
         (payload(ts=(NOW + timedelta(hours=1)).isoformat()), TOPIC, "in the future"),
+        (payload(ts=(NOW - timedelta(days=91)).isoformat()), TOPIC, "older than the 90-day retention"),
+        (payload(ts="0001-01-01T00:00:00+00:00"), TOPIC, "older than"),
         (payload(), "cityops/v1/toaster/t-1/readings", "unknown device kind"),
         (payload(), "cityops/v1/pipe_node/pipe-0001", "not a readings topic"),
     ],
