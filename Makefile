@@ -5,9 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint stack-up stack-down bench
+.PHONY: run test lint browser stack-up stack-down bench
 
 $(BIN)/cityops: pyproject.toml
+	@# Debian ships venv separately from python3.
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || apt-get install -y -qq python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
@@ -16,9 +18,14 @@ $(BIN)/cityops: pyproject.toml
 run: $(BIN)/cityops
 	$(BIN)/cityops run
 
-test: $(BIN)/cityops lint
+test: $(BIN)/cityops lint browser
 	$(BIN)/cityops stack up
 	$(BIN)/pytest
+
+# Browser tests drive Debian's Chromium through Playwright; no browser is downloaded.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium)
 
 lint: $(BIN)/cityops
 	$(BIN)/ruff check .

@@ -131,7 +131,12 @@ def _interval(delta: timedelta) -> str:
 
 
 async def timescale_available(conn: psycopg.AsyncConnection[object]) -> bool:
-    cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+    """Installed *and* preloaded (CREATE EXTENSION fails without the preload). A preloaded
+    TimescaleDB registers its ``timescaledb.*`` settings, which any role can see."""
+    cur = await conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb' "
+        "AND EXISTS (SELECT 1 FROM pg_settings WHERE name LIKE 'timescaledb.%%')"
+    )
     return await cur.fetchone() is not None
 
 

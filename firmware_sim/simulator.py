@@ -62,7 +62,20 @@ class SimDevice:
         self._settings = settings
         self.client: aiomqtt.Client | None = None
 
-    async def start(self) -> None:
+    async def start(self, *, attempts: int = 6) -> None:
+        """Connect, retrying with exponential backoff and jitter: a device provisioned a moment
+        ago may be refused until the broker has reloaded its password file."""
+        for attempt in range(attempts):
+            try:
+                await self._connect()
+                return
+            except aiomqtt.MqttError:
+                await self.stop()
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt) * (0.5 + self._rng.random()))
+
+    async def _connect(self) -> None:
         s = self._settings
         self.client = aiomqtt.Client(
             s.mqtt_host,

@@ -91,10 +91,13 @@ class Gateway(AsyncService):
     async def run(self) -> None:
         """Forward until cancelled. A Kafka failure ends the run with GatewayError (not acked)."""
         assert self._mqtt is not None, "start() first"
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._acknowledge())
-            async for message in self._mqtt.messages:
-                await self._handle(message)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._acknowledge())
+                async for message in self._mqtt.messages:
+                    await self._handle(message)
+        except* GatewayError as group:
+            raise group.exceptions[0] from None
 
     async def _handle(self, message: aiomqtt.Message) -> None:
         assert self._producer is not None

@@ -104,6 +104,9 @@ class Postgres:
 
     def _configure(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Local socket connections are trusted (setup runs as the postgres OS user); the
+        # directory's mode keeps other local users away from that socket.
+        self.run_dir.chmod(0o700)
         self._chown(self.run_dir)
         (self.data / "postgresql.auto.conf").write_text("")
         conf = self.data / "cityops.conf"

@@ -57,9 +57,11 @@ class Daemon:
             return None
         if self.marker not in cmdline:
             return None
-        # A zombie is not running.
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:  # exited in between
+            return None
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":  # a zombie is not running
             return None
         return pid
 

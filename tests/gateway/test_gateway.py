@@ -9,12 +9,14 @@ from datetime import UTC, datetime
 
 import aiomqtt
 import pytest
+from aiokafka.errors import KafkaError
 
 from cityops import contracts
 from cityops.contracts import Topics, mqtt_readings_topic
 from cityops.registry import Device, device_password
 from cityops.stack import Stack
 from gateway import Gateway, GatewaySettings
+from gateway.errors import GatewayError
 from tests.helpers import read_topic
 
 
@@ -122,3 +124,34 @@ async def test_messages_published_while_the_gateway_is_down_are_delivered_after_
     async with Gateway(settings.model_copy(update={"mqtt_clean_session": True})):
         pass
     assert sorted(contracts.decode_reading(v).seq for v in values) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.fault
+async def test_a_message_kafka_did_not_take_is_not_acknowledged_and_comes_back(
+    stack: Stack, topics: Topics, fleet: list[Device], uid: str
+) -> None:
+    settings = GatewaySettings(
+        topic_prefix=topics.prefix, metrics_port=-1, mqtt_client_id=f"gw-nack-{uid}", mqtt_clean_session=False
+    )
+    env = next(d for d in fleet if d.kind == "env_station")
+    async with Gateway(settings) as gw:
+        assert gw._producer is not None
+
+        async def refused(*args: object, **kwargs: object) -> asyncio.Future[object]:
+            failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            failed.set_exception(KafkaError("injected: Kafka refused the batch"))
+            return failed
+
+        gw._producer.send = refused  # type: ignore[method-assign]
+        async with _client(stack, env) as client:
+            await client.publish(mqtt_readings_topic(env.kind, env.device_id), _body(7, {"pm25_ugm3": 12.0}), qos=1)
+        with pytest.raises(GatewayError, match="Kafka did not accept"):
+            await asyncio.wait_for(gw.run(), 20)
+    # The broker still holds the unacknowledged message for the session and redelivers it.
+    async with Gateway(settings) as gw, asyncio.TaskGroup() as tasks:
+        runner = tasks.create_task(gw.run())
+        values = await read_topic(stack.settings.kafka_bootstrap, topics.readings, expect=1, timeout=15)
+        runner.cancel()
+    async with Gateway(settings.model_copy(update={"mqtt_clean_session": True})):
+        pass
+    assert [contracts.decode_reading(v).seq for v in values] == [7]

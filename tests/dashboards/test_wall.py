@@ -1,0 +1,87 @@
+"""The wall screen as an operator's browser shows it (headless Chromium via Playwright)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, async_playwright
+
+from cityops import contracts
+from cityops.contracts import Alert, Topics
+from cityops.kafka import make_producer
+from cityops.stack import Stack
+from ioc import ApiServer, IocSettings
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM = os.environ.get("CITYOPS_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        yield b
+        await b.close()
+
+
+async def _alert(stack: Stack, topics: Topics, device: str) -> None:
+    producer = make_producer(stack.settings.kafka_bootstrap, client_id="test")
+    await producer.start()
+    try:
+        ts = contracts.now_us()
+        alert = Alert(
+            Alert.make_id(device, "pressure_kpa", ts, "ewma_z"),
+            device,
+            "pipe_node",
+            "pressure_kpa",
+            ts,
+            510.0,
+            31.0,
+            "ewma_z",
+            420.0,
+            2.0,
+            39,
+            1,
+            ts,
+            ts,
+        )
+        await producer.send_and_wait(topics.alerts, contracts.encode(alert), key=device.encode())
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+async def test_live_alerts_lost_connection_and_catch_up(
+    stack: Stack, topics: Topics, database: str, uid: str, browser: Browser
+) -> None:
+    settings = IocSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"ioc-{uid}", port=0)
+    page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+    server = ApiServer(settings)
+    await server.start()
+    settings = settings.model_copy(update={"port": server.port})  # come back on the same port
+    try:
+        await page.goto(f"{server.url}/")
+        await page.wait_for_selector("#state:text('live')", timeout=10_000)
+        await _alert(stack, topics, f"live-{uid}")
+        await page.wait_for_selector(f"text=live-{uid}", timeout=10_000)
+
+        await server.stop()  # the IOC goes away: the screen must say so instead of showing stale data
+        await page.wait_for_selector("#state.lost", timeout=10_000)
+        await _alert(stack, topics, f"outage-{uid}")  # raised while the IOC is down
+        server = ApiServer(settings)
+        await server.start()
+        await page.wait_for_selector(f"text=outage-{uid}", timeout=20_000)
+        await page.wait_for_selector("#state:text('live')", timeout=10_000)
+        rows = await page.locator("#alerts tr").all_inner_texts()
+        assert [r.split("\t")[1] for r in rows] == [f"outage-{uid}", f"live-{uid}"]  # newest first, once each
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "wall.png"))
+    finally:
+        await server.stop()
