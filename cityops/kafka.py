@@ -20,7 +20,7 @@ Consumer (stream, ioc):
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -43,9 +43,10 @@ def make_consumer(
     group_id: str,
     client_id: str,
     max_poll_records: int = 5_000,
+    listener: ConsumerRebalanceListener | None = None,
 ) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        *topics,
+    consumer = AIOKafkaConsumer(
+        *(() if listener else topics),
         bootstrap_servers=bootstrap,
         group_id=group_id,
         client_id=client_id,
@@ -55,6 +56,9 @@ def make_consumer(
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_wait_ms=100,
     )
+    if listener is not None:
+        consumer.subscribe(list(topics), listener=listener)
+    return consumer
 
 
 async def ensure_topics(bootstrap: str, topics: list[str], *, partitions: int = 6) -> list[str]:

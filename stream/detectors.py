@@ -21,13 +21,12 @@ BOOL = npt.NDArray[np.bool_]
 @njit(cache=True, nogil=True)
 def ewma_zscore_kernel(
     series: I64,
-    ts: I64,
     values: F64,
+    feed: BOOL,
     mean: F64,
     var: F64,
     count: I64,
     since_alarm: I64,
-    last_ts: I64,
     alpha: float,
     warmup: int,
     threshold: float,
@@ -47,20 +46,19 @@ def ewma_zscore_kernel(
     readings. An alarm needs ``|z| >= threshold`` and ``refractory`` readings since the series'
     previous alarm (one alarm per episode, not one per reading).
 
-    A reading not newer than the series' last one (a redelivery, a replayed batch, a late
-    arrival) is scored 0 and leaves the state alone: each instant counts once.
+    A reading with ``feed[i]`` False (one already stored: a redelivery or a replay) is scored 0
+    and leaves the state alone, so each reading moves the detector once.
     """
     for i in range(values.shape[0]):
         s = series[i]
         x = values[i]
         n = count[s]
-        if n > 0 and ts[i] <= last_ts[s]:
+        if not feed[i]:
             scores[i] = 0.0
             baselines[i] = mean[s]
             spreads[i] = np.sqrt(var[s])
             alarms[i] = False
             continue
-        last_ts[s] = ts[i]
         if n == 0:
             mean[s] = x
             var[s] = 0.0
@@ -133,7 +131,6 @@ class EwmaZScore:
         self.var = np.zeros(capacity, np.float64)
         self.count = np.zeros(capacity, np.int64)
         self.since_alarm = np.zeros(capacity, np.int64)
-        self.last_ts = np.zeros(capacity, np.int64)
 
     @property
     def window(self) -> int:
@@ -144,7 +141,7 @@ class EwmaZScore:
         if needed <= size:
             return
         new = max(needed, size * 2)
-        for name in ("mean", "var", "count", "since_alarm", "last_ts"):
+        for name in ("mean", "var", "count", "since_alarm"):
             old = getattr(self, name)
             arr = np.zeros(new, old.dtype)
             arr[:size] = old
@@ -154,22 +151,29 @@ class EwmaZScore:
         """No reading of this series has been seen (since the process started)."""
         return series >= self.count.shape[0] or self.count[series] == 0
 
-    def update(self, series: I64, ts: I64, values: F64) -> Scored:
-        """Score a batch (readings of each series in time order) and advance the state."""
+    def reset(self, series: I64) -> None:
+        """Forget these series (their partition moved to another consumer); they warm up again."""
+        series = series[series < self.count.shape[0]]
+        self.count[series] = 0
+
+    def update(self, series: I64, values: F64, feed: BOOL | None = None) -> Scored:
+        """Score a batch (readings of each series in time order) and advance the state with the
+        readings ``feed`` selects (all by default)."""
         n = values.shape[0]
+        if feed is None:
+            feed = np.ones(n, np.bool_)
         if n:
             self._grow(int(series.max()) + 1)
         out = Scored(np.empty(n), np.empty(n), np.empty(n), np.empty(n, np.bool_))
         p = self.params
         ewma_zscore_kernel(
             series,
-            ts,
             values,
+            feed,
             self.mean,
             self.var,
             self.count,
             self.since_alarm,
-            self.last_ts,
             p.alpha,
             p.warmup,
             p.threshold,

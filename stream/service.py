@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import msgspec
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 
 from cityops import log
@@ -22,7 +22,7 @@ from cityops.kafka import make_consumer, make_producer
 from cityops.lifecycle import AsyncService
 from cityops.metrics import MetricsServer
 from stream import metrics
-from stream.detectors import EwmaParams, EwmaZScore
+from stream.detectors import BOOL, I64, EwmaParams, EwmaZScore
 from stream.series import SeriesIndex
 from stream.settings import StreamSettings
 from stream.store import ReadingStore, Rows
@@ -30,6 +30,17 @@ from stream.store import ReadingStore, Rows
 _log = log.get("stream")
 
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+
+class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: StreamService) -> None:
+        self._service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._service.forget([tp.partition for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass
 
 
 class StreamService(AsyncService):
@@ -54,6 +65,7 @@ class StreamService(AsyncService):
             )
         )
         self._consumer: AIOKafkaConsumer | None = None
+        self._series_by_partition: dict[int, set[int]] = {}
         self._producer: AIOKafkaProducer | None = None
         self._metrics: MetricsServer | None = None
 
@@ -68,6 +80,7 @@ class StreamService(AsyncService):
         self._consumer = make_consumer(
             s.kafka_bootstrap,
             self._topics.readings,
+            listener=_ForgetRevoked(self),
             group_id=s.group_id,
             client_id=s.client_id,
             max_poll_records=s.max_batch,
@@ -132,10 +145,13 @@ class StreamService(AsyncService):
                     continue
                 readings.append(reading)
                 rows.kind_of[reading.device_id] = reading.kind
+                owned = self._series_by_partition.setdefault(tp.partition, set())
                 for metric, v in reading.metrics.items():
+                    sid = self.series.id(reading.device_id, metric)
+                    owned.add(sid)
                     rows.device_ids.append(reading.device_id)
                     rows.metrics.append(metric)
-                    rows.series.append(self.series.id(reading.device_id, metric))
+                    rows.series.append(sid)
                     rows.ts_us.append(reading.ts_us)
                     rows.values.append(v)
                     rows.seq.append(reading.seq)
@@ -143,23 +159,29 @@ class StreamService(AsyncService):
         metrics.MESSAGES_IN.inc(sum(len(r) for r in batch.values()))
         metrics.BATCH_SIZE.observe(sum(len(r) for r in batch.values()))
 
+        # One transaction per batch, committed only after Kafka acknowledged the batch's alerts
+        # and dead letters. A crash before the commit leaves nothing stored, so the replay
+        # finds every row new and raises the same alerts (same ids) again; a crash after it
+        # replays rows that are stored, whose alerts were already acknowledged.
+        await self.store.prepare(rows)
         try:
-            inserted = await self.store.write(rows)
+            async with self.store.transaction():
+                new = await self.store.write(rows)
+                sends = [await self._send_alert(a) for a in await self._detect(rows, new)]
+                for letter in dead:
+                    _log.warning("dead letter", reason=letter.reason, source=letter.source)
+                    sends.append(await self._producer.send(self._topics.dead_letter, encode(letter), key=b""))
+                    metrics.DEAD_LETTERS.inc()
+                await asyncio.gather(*sends)
         except Exception:
-            metrics.ERRORS.labels("store").inc()
+            metrics.ERRORS.labels("batch").inc()
             raise
+        inserted = int(new.sum())
         metrics.ROWS_STORED.inc(inserted)
         metrics.ROWS_DUPLICATE.inc(len(rows) - inserted)
         stored = self._clock()
         for reading in readings:
             metrics.LATENCY.observe(max(0.0, (stored - reading.ts_us) / 1e6))
-
-        sends = [await self._send_alert(a) for a in await self._detect(rows)]
-        for letter in dead:
-            _log.warning("dead letter", reason=letter.reason, source=letter.source)
-            sends.append(await self._producer.send(self._topics.dead_letter, encode(letter), key=b""))
-            metrics.DEAD_LETTERS.inc()
-        await asyncio.gather(*sends)
 
         try:
             await self._consumer.commit()
@@ -173,29 +195,43 @@ class StreamService(AsyncService):
             if highwater is not None and records:
                 metrics.LAG.labels(str(tp.partition)).set(max(0, highwater - records[-1].offset - 1))
 
-    async def _warm_up(self, series: np.ndarray, ts: np.ndarray) -> None:
-        """Replay stored history into the detector for series it has not seen yet."""
-        unique, first = np.unique(series, return_index=True)
-        cold = [(int(s), int(ts[i])) for s, i in zip(unique, first, strict=True) if self.detector.is_cold(int(s))]
+    async def _warm_up(self, series: I64, ts: I64, new: BOOL) -> None:
+        """Replay stored history into the detector for series it has not seen (or has forgotten),
+        up to the series' first new reading in this batch."""
+        idx = np.flatnonzero(new)
+        if not idx.size:
+            return
+        order = np.lexsort((ts[idx], series[idx]))
+        unique, first = np.unique(series[idx][order], return_index=True)
+        first_ts = ts[idx][order][first]
+        cold = [(int(s), int(t)) for s, t in zip(unique, first_ts, strict=True) if self.detector.is_cold(int(s))]
         if not cold:
             return
-        idx, h_ts, h_values = await self.store.history(
+        hist_idx, _, hist_values = await self.store.history(
             [self.series.key(s) for s, _ in cold],
             [before for _, before in cold],
             limit=self.settings.warmup_readings,
             max_age_us=int(self.settings.warmup_max_age_s * 1_000_000),
         )
-        if idx:
-            sids = np.asarray([cold[i][0] for i in idx], np.int64)
-            self.detector.update(sids, np.asarray(h_ts, np.int64), np.asarray(h_values, np.float64))
-            metrics.WARMUP_READINGS.inc(len(idx))
+        if hist_idx:
+            sids = np.asarray([cold[i][0] for i in hist_idx], np.int64)
+            self.detector.update(sids, np.asarray(hist_values, np.float64))
+            metrics.WARMUP_READINGS.inc(len(hist_idx))
 
-    async def _detect(self, rows: Rows) -> list[Alert]:
+    def forget(self, partitions: list[int]) -> None:
+        """Partitions moved to another consumer: drop their series' state, so that if they come
+        back the series warm up from what the other consumer stored meanwhile."""
+        for partition in partitions:
+            owned = self._series_by_partition.pop(partition, set())
+            if owned:
+                self.detector.reset(np.fromiter(owned, np.int64))
+
+    async def _detect(self, rows: Rows, new: BOOL) -> list[Alert]:
         if not rows:
             return []
         series, values, ts = rows.arrays()
-        await self._warm_up(series, ts)
-        scored = self.detector.update(series, ts, values)
+        await self._warm_up(series, ts, new)
+        scored = self.detector.update(series, values, new)
         emitted = self._clock()
         alerts = []
         for i in np.flatnonzero(scored.alarms):

@@ -1,12 +1,14 @@
 """Durable, idempotent storage of readings in PostgreSQL/TimescaleDB.
 
 A batch goes in with COPY into a session-local staging table, then one
-``INSERT ... ON CONFLICT DO NOTHING`` into ``readings``, in one transaction: a replayed batch
-(after a crash between this commit and the Kafka offset commit) inserts nothing twice.
+``INSERT ... ON CONFLICT DO NOTHING`` into ``readings``: a replayed batch (after a crash
+between the commit and the Kafka offset commit) inserts nothing twice, and the caller learns
+which rows were new, which is what the detectors are fed.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -16,22 +18,40 @@ import psycopg
 from cityops import schema
 from cityops.lifecycle import AsyncService
 from cityops.schema import StorageMode
-from stream.detectors import F64, I64
+from stream.detectors import BOOL, F64, I64
 
 _EPOCH_DAY = date(1970, 1, 1)
 _US_PER_DAY = 86_400_000_000
 
 STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS readings_stage (
-    ts_us bigint, device_id text, metric text, value double precision, seq bigint, gateway_us bigint
+    i int, ts_us bigint, device_id text, metric text, value double precision, seq bigint, gateway_us bigint
 ) ON COMMIT DELETE ROWS
 """
 
 # Integer microseconds to timestamptz exactly (a float division would round).
+# Integer microseconds to timestamptz exactly (a float division would round). Returns the
+# batch position of every row that was new: one per key, its first occurrence in the batch.
 MERGE = """
-INSERT INTO readings (ts, device_id, metric, value, seq, gateway_at)
-SELECT TIMESTAMPTZ 'epoch' + ts_us * INTERVAL '1 microsecond', device_id, metric, value, seq,
-       TIMESTAMPTZ 'epoch' + gateway_us * INTERVAL '1 microsecond'
+WITH inserted AS (
+    INSERT INTO readings (ts, device_id, metric, value, seq, gateway_at)
+    SELECT TIMESTAMPTZ 'epoch' + ts_us * INTERVAL '1 microsecond', device_id, metric, value, seq,
+           TIMESTAMPTZ 'epoch' + gateway_us * INTERVAL '1 microsecond'
+    FROM readings_stage
+    ON CONFLICT DO NOTHING
+    RETURNING device_id, metric, ts
+)
+SELECT min(s.i)
+FROM readings_stage s
+JOIN inserted n ON n.device_id = s.device_id AND n.metric = s.metric
+               AND n.ts = TIMESTAMPTZ 'epoch' + s.ts_us * INTERVAL '1 microsecond'
+GROUP BY s.device_id, s.metric, s.ts_us
+"""
+
+MARK_STAGED_DIRTY = f"""
+INSERT INTO rollup_dirty (hour)
+SELECT DISTINCT date_bin(INTERVAL '1 hour', TIMESTAMPTZ 'epoch' + ts_us * INTERVAL '1 microsecond',
+                         {schema.BUCKET_ORIGIN})
 FROM readings_stage
 ON CONFLICT DO NOTHING
 """
@@ -52,15 +72,6 @@ CROSS JOIN LATERAL (
     LIMIT %(lim)s
 ) h
 ORDER BY q.idx, h.ts_us
-"""
-
-
-MARK_STAGED_DIRTY = f"""
-INSERT INTO rollup_dirty (hour)
-SELECT DISTINCT date_bin(INTERVAL '1 hour', TIMESTAMPTZ 'epoch' + ts_us * INTERVAL '1 microsecond',
-                         {schema.BUCKET_ORIGIN})
-FROM readings_stage
-ON CONFLICT DO NOTHING
 """
 
 
@@ -111,30 +122,51 @@ class ReadingStore(AsyncService):
         assert self._conn is not None, "start() first"
         return self._conn
 
-    async def write(self, rows: Rows) -> int:
-        """Store ``rows``; returns how many were new. Durable when this returns."""
-        if not rows:
-            return 0
+    def transaction(self) -> AbstractAsyncContextManager[psycopg.AsyncTransaction]:
+        """One batch's transaction: rows become visible (and durable) only when it commits."""
+        return self.conn.transaction()
+
+    async def prepare(self, rows: Rows) -> None:
+        """Create missing daily partitions (native mode). Outside the batch's transaction, so
+        the DDL's lock on ``readings`` is not held while the batch waits for Kafka."""
+        if self.mode is not StorageMode.NATIVE or not rows:
+            return
         ts = np.asarray(rows.ts_us, np.int64)
-        if self.mode is StorageMode.NATIVE:
-            days = {_EPOCH_DAY + timedelta(days=int(d)) for d in np.unique(ts // _US_PER_DAY)}
-            missing = days - self._partitions
-            if missing:
-                await schema.ensure_partitions(self.conn, missing)
-                self._partitions |= missing
+        days = {_EPOCH_DAY + timedelta(days=int(d)) for d in np.unique(ts // _US_PER_DAY)}
+        missing = days - self._partitions
+        if missing:
+            await schema.ensure_partitions(self.conn, missing)
+            self._partitions |= missing
+
+    async def write(self, rows: Rows) -> BOOL:
+        """Store ``rows``; returns which of them were new (True once per key, at its first
+        occurrence in the batch). Inside :meth:`transaction` it commits with it; otherwise it
+        is durable when this returns."""
+        new = np.zeros(len(rows), np.bool_)
+        if not rows:
+            return new
+        await self.prepare(rows)
         async with self.conn.transaction(), self.conn.cursor() as cur:
             async with cur.copy(
-                "COPY readings_stage (ts_us, device_id, metric, value, seq, gateway_us) FROM STDIN"
+                "COPY readings_stage (i, ts_us, device_id, metric, value, seq, gateway_us) FROM STDIN"
             ) as copy:
                 for row in zip(
-                    rows.ts_us, rows.device_ids, rows.metrics, rows.values, rows.seq, rows.gateway_us, strict=True
+                    range(len(rows)),
+                    rows.ts_us,
+                    rows.device_ids,
+                    rows.metrics,
+                    rows.values,
+                    rows.seq,
+                    rows.gateway_us,
+                    strict=True,
                 ):
                     await copy.write_row(row)
             await cur.execute(MERGE)
-            inserted = cur.rowcount
+            new[[int(r[0]) for r in await cur.fetchall()]] = True  # type: ignore[index]
             if self.mode is StorageMode.NATIVE:
                 await cur.execute(MARK_STAGED_DIRTY.encode())
-        return inserted
+            await cur.execute("TRUNCATE readings_stage")
+        return new
 
     async def history(
         self, keys: list[tuple[str, str]], before_us: list[int], *, limit: int, max_age_us: int

@@ -41,9 +41,8 @@ def test_kernel_matches_reference_on_interleaved_series() -> None:
     det = EwmaZScore(p, capacity=2)  # forces state growth too
     scores = np.empty_like(values)
     alarms = np.empty(len(values), bool)
-    ts = np.repeat(np.arange(n), n_series).astype(np.int64)  # row i of each series at time i
     for lo in range(0, len(values), 333):
-        out = det.update(order[lo : lo + 333].astype(np.int64), ts[lo : lo + 333], values[lo : lo + 333])
+        out = det.update(order[lo : lo + 333].astype(np.int64), values[lo : lo + 333])
         scores[lo : lo + 333] = out.scores
         alarms[lo : lo + 333] = out.alarms
     for s in range(n_series):
@@ -59,7 +58,7 @@ def test_spike_alarms_once_and_does_not_blind_the_detector() -> None:
     values[200] = 160.0
     values[260] = 140.0
     det = EwmaZScore(EwmaParams(refractory=20))
-    out = det.update(np.zeros(300, np.int64), np.arange(300, dtype=np.int64), values)
+    out = det.update(np.zeros(300, np.int64), values)
     assert set(np.flatnonzero(out.alarms)) == {200, 260}
     assert out.baselines[200] == np.float64(out.baselines[200])
     assert abs(out.baselines[201] - 100.0) < 3.0  # clipping kept the spike out of the baseline
@@ -67,21 +66,26 @@ def test_spike_alarms_once_and_does_not_blind_the_detector() -> None:
 
 def test_no_alarms_during_warm_up() -> None:
     values = np.array([1.0, 1.0, 50.0, 1.0])
-    out = EwmaZScore(EwmaParams(warmup=30)).update(np.zeros(4, np.int64), np.arange(4, dtype=np.int64), values)
+    out = EwmaZScore(EwmaParams(warmup=30)).update(np.zeros(4, np.int64), values)
     assert not out.alarms.any()
 
 
-def test_replayed_and_late_readings_count_once() -> None:
+def test_readings_not_fed_leave_the_state_alone() -> None:
     rng = np.random.default_rng(1)
     values = rng.normal(50.0, 1.0, 200)
-    ts = np.arange(200, dtype=np.int64)
     once, twice = EwmaZScore(), EwmaZScore()
-    once.update(np.zeros(200, np.int64), ts, values)
-    twice.update(np.zeros(150, np.int64), ts[:150], values[:150])
-    # A replay of the last 50 already-seen readings, then the rest: same state as one pass.
-    replay = twice.update(np.zeros(100, np.int64), ts[100:], values[100:])
+    once.update(np.zeros(200, np.int64), values)
+    twice.update(np.zeros(150, np.int64), values[:150])
+    # A replay of 50 already-stored readings (not fed), then the rest: same state as one pass.
+    feed = np.r_[np.zeros(50, np.bool_), np.ones(50, np.bool_)]
+    replay = twice.update(np.zeros(100, np.int64), values[100:], feed)
     assert not replay.alarms[:50].any() and (replay.scores[:50] == 0).all()
     assert (once.mean[0], once.var[0], once.count[0]) == (twice.mean[0], twice.var[0], twice.count[0])
-    # A late reading (older than the last one) is ignored even if it is wild.
-    late = twice.update(np.zeros(1, np.int64), np.array([10], np.int64), np.array([1e6]))
-    assert not late.alarms[0] and twice.count[0] == 200
+
+
+def test_reset_series_are_cold_again() -> None:
+    det = EwmaZScore()
+    det.update(np.array([0, 1, 0, 1], np.int64), np.array([1.0, 2.0, 1.0, 2.0]))
+    assert not det.is_cold(0) and not det.is_cold(1)
+    det.reset(np.array([1, 99], np.int64))  # 99 was never seen
+    assert not det.is_cold(0) and det.is_cold(1) and det.is_cold(99)

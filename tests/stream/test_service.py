@@ -101,3 +101,45 @@ async def test_a_restarted_stream_warms_up_from_history_and_catches_the_next_spi
     ]
     assert [(a.device_id, a.seq) for a in alerts] == [("dev-1", 45)]
     assert abs(alerts[0].baseline - 401.0) < 1.0  # the baseline came from the stored history
+
+
+async def test_a_batch_opening_with_an_old_duplicate_does_not_fool_a_cold_detector(
+    stack: Stack, topics: Topics, database: str, uid: str
+) -> None:
+    """The series shifted from 50 to 80 long ago; a new process must not alarm on 80 because a
+    redelivered old reading happened to open its first batch."""
+    settings = StreamSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1)
+
+    def reading(i: int) -> Reading:
+        value = (50.0 if i < 100 else 80.0) + (i % 5) * 0.3
+        return Reading("dev-2", "pipe_node", i, T0 + i * 1_000_000, {"pressure_kpa": value}, T0)
+
+    async def publish(seqs: list[int]) -> None:
+        producer = make_producer(stack.settings.kafka_bootstrap, client_id="test")
+        await producer.start()
+        try:
+            for i in seqs:
+                await producer.send_and_wait(topics.readings, contracts.encode(reading(i)), key=b"dev-2")
+        finally:
+            await producer.stop()
+
+    async def run_until(rows: int) -> None:
+        async with StreamService(settings) as service, asyncio.TaskGroup() as tasks:
+            runner = tasks.create_task(service.run())
+            await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), rows))
+            runner.cancel()
+
+    await publish(list(range(201)))
+    await run_until(201)
+    first = [
+        contracts.decode_alert(v).seq
+        for v in await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=100, timeout=3)
+    ]
+    await publish([50, 201])  # a redelivered old reading, then a normal new one
+    await run_until(202)
+    after = [
+        contracts.decode_alert(v).seq
+        for v in await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=100, timeout=3)
+    ]
+    assert after == first  # nothing new: 201 is normal for the level the series had settled at
+    assert all(seq < 201 for seq in after)

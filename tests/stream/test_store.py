@@ -26,18 +26,28 @@ async def test_write_is_idempotent_and_exact(database: str) -> None:
     start = to_us(datetime(2026, 5, 31, 23, 59, 0, 123_457, tzinfo=UTC))  # crosses midnight: two partitions
     rows = make_rows(120, start)
     async with ReadingStore(database, mode=StorageMode.NATIVE) as store:
-        assert await store.write(rows) == 120
-        assert await store.write(rows) == 0  # a replayed batch adds nothing
+        assert store is not None
+        assert (await store.write(rows)).sum() == 120
+        assert (await store.write(rows)).sum() == 0  # a replayed batch adds nothing
         extra = make_rows(121, start)
-        assert await store.write(extra) == 1  # only the new row
+        new = await store.write(extra)
+        assert new.tolist() == [False] * 120 + [True]  # only the new row, at its position
+        twice = make_rows(3, start + 500 * 1_000_001)
+        twice = Rows(
+            *(
+                getattr(twice, f) * 2
+                for f in ("device_ids", "metrics", "series", "ts_us", "values", "seq", "gateway_us")
+            )
+        )
+        assert (await store.write(twice)).tolist() == [True] * 3 + [False] * 3  # first occurrence only
         await store.maintain(datetime(2026, 6, 1, 0, 5, tzinfo=UTC))
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cur = await conn.execute("SELECT count(*), min(ts), max(ts) FROM readings")
         count, lo, hi = await cur.fetchone()  # type: ignore[misc]
-        assert count == 121
-        assert to_us(lo) == start and to_us(hi) == start + 120 * 1_000_001
+        assert count == 124
+        assert to_us(lo) == start and to_us(hi) == start + 502 * 1_000_001
         cur = await conn.execute("SELECT sum(n) FROM readings_1m")
-        assert (await cur.fetchone()) == (121,)
+        assert (await cur.fetchone()) == (124,)
         cur = await conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'readings'::regclass")
         (partitions,) = await cur.fetchone()  # type: ignore[misc]
         assert partitions >= 2
