@@ -24,6 +24,7 @@ class StreamSettings(CommonSettings):
     # A series the process has not seen yet (after a restart or a rebalance) is warmed up from
     # its latest stored readings, so it neither misses the next anomaly nor alarms on noise.
     warmup_readings: int = 200
-    warmup_max_age_s: float = 2 * 86_400
+    # Bounded by count; the age cap only keeps a long-silent device from waking on stale state.
+    warmup_max_age_s: float = 30 * 86_400
     metrics_host: str = "127.0.0.1"
     metrics_port: int = STREAM_METRICS_PORT

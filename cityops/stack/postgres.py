@@ -71,11 +71,13 @@ class Postgres:
         """
         try:
             pid = int((self.data / "postmaster.pid").read_text().splitlines()[0])
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (FileNotFoundError, ValueError, IndexError):
+            exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            # The postmaster runs in its data directory; comparing inodes is immune to how the
+            # path was spelled (symlinks, relative paths).
+            ours = os.path.samefile(f"/proc/{pid}/cwd", self.data)
+        except (FileNotFoundError, ValueError, IndexError, PermissionError):
             return None
-        ours = any(Path(arg.decode(errors="replace")) == self.data for arg in cmdline if arg)
-        return pid if ours and cmdline[0].endswith(b"postgres") else None
+        return pid if ours and exe.endswith(b"postgres") else None
 
     def _init(self) -> None:
         if (self.data / "PG_VERSION").exists():

@@ -34,8 +34,9 @@ def test_postgres_does_not_take_a_stale_lock_files_pid_for_its_own(tmp_path: Pat
     lock = pg.data / "postmaster.pid"
     script = "import time; time.sleep(60)"
     foreign = subprocess.Popen([sys.executable, "-c", script])  # e.g. a pid reused after a reboot
-    ours = subprocess.Popen(
-        ["bash", "-c", f'exec -a /usr/lib/postgresql/15/bin/postgres {sys.executable} -c "{script}" -D {pg.data}']
+    ours = subprocess.Popen(  # a process named postgres whose working directory is the data dir
+        ["bash", "-c", f'exec -a /usr/lib/postgresql/15/bin/postgres {sys.executable} -c "{script}" -D data'],
+        cwd=pg.data,
     )
     try:
         lock.write_text(f"{foreign.pid}\n{pg.data}\n")
