@@ -8,7 +8,8 @@ Two storage paths with the same relations, so queries (the API's, Grafana's) do 
 - **native**, plain PostgreSQL 15: ``readings`` is range-partitioned by day (partitions are
   created ahead of the data by :func:`ensure_partitions` and dropped by :func:`drop_expired`),
   and ``readings_1m``/``readings_1h`` are tables that :func:`refresh_rollups` recomputes for the
-  hours new data touched (recorded durably in ``rollup_dirty``). Nothing is compressed on this path.
+  minutes new data touched (recorded durably in ``rollup_pending``); hours are built from minutes.
+  Nothing is compressed on this path.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ FROM readings
 
 
 def _native_ddl() -> str:
-    parts = [f"CREATE TABLE IF NOT EXISTS readings ({READINGS_COLUMNS}) PARTITION BY RANGE (ts);", DIRTY_DDL + ";"]
+    parts = [f"CREATE TABLE IF NOT EXISTS readings ({READINGS_COLUMNS}) PARTITION BY RANGE (ts);", PENDING_DDL + ";"]
     for name in ROLLUPS:
         parts.append(
             f"""CREATE TABLE IF NOT EXISTS {name} (
@@ -245,54 +246,75 @@ async def drop_expired(conn: psycopg.AsyncConnection[object], now: datetime) -> 
 
 BUCKET_ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 
-# Hours whose rollups are stale (native mode). Written in the same transaction as the rows
-# (see MARK_STAGED_DIRTY in stream/store.py), consumed in the same transaction as the refresh:
-# neither a crash nor a failed refresh loses a range.
-DIRTY_DDL = "CREATE TABLE IF NOT EXISTS rollup_dirty (hour timestamptz PRIMARY KEY)"
-DIRTY_UNIT = timedelta(hours=1)  # a multiple of every rollup width, so buckets never straddle it
+# Minutes whose rollups are stale (native mode). Append-only: writers add rows in the same
+# transaction as their readings and never conflict with each other or with the refresher, which
+# consumes exactly the rows it saw in the same transaction as its recompute. Neither a crash nor
+# a failed refresh loses a minute.
+PENDING_DDL = (
+    "DROP TABLE IF EXISTS rollup_dirty; "  # the hour-keyed predecessor
+    "CREATE TABLE IF NOT EXISTS rollup_pending (minute timestamptz NOT NULL)"
+)
+MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+
+UPSERT_1M = f"""
+INSERT INTO readings_1m (bucket, device_id, metric, n, mean, min, max)
+{ROLLUP_SELECT.format(bucket=f"date_bin(INTERVAL '1 minute', ts, {BUCKET_ORIGIN})")}
+WHERE ts >= %(lo)s AND ts < %(hi)s
+GROUP BY 1, 2, 3
+ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+    n = EXCLUDED.n, mean = EXCLUDED.mean, min = EXCLUDED.min, max = EXCLUDED.max
+"""
+
+# Hours from minutes: 60 rows per series instead of every reading.
+UPSERT_1H = f"""
+INSERT INTO readings_1h (bucket, device_id, metric, n, mean, min, max)
+SELECT date_bin(INTERVAL '1 hour', bucket, {BUCKET_ORIGIN}), device_id, metric,
+       sum(n), sum(mean * n) / sum(n), min(min), max(max)
+FROM readings_1m
+WHERE bucket >= %(lo)s AND bucket < %(hi)s
+GROUP BY 1, 2, 3
+ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+    n = EXCLUDED.n, mean = EXCLUDED.mean, min = EXCLUDED.min, max = EXCLUDED.max
+"""
 
 
 async def mark_dirty(conn: psycopg.AsyncConnection[object], since: datetime, until: datetime) -> None:
-    """Mark the hours overlapping ``[since, until]`` for the next :func:`refresh_rollups`."""
+    """Mark the minutes overlapping ``[since, until]`` for the next :func:`refresh_rollups`."""
     await conn.execute(
-        f"INSERT INTO rollup_dirty (hour) SELECT generate_series(date_bin(INTERVAL '1 hour', %s, {BUCKET_ORIGIN}), "
-        "%s, INTERVAL '1 hour') ON CONFLICT DO NOTHING".encode(),
+        f"INSERT INTO rollup_pending (minute) SELECT generate_series("
+        f"date_bin(INTERVAL '1 minute', %s, {BUCKET_ORIGIN}), %s, INTERVAL '1 minute')".encode(),
         (since, until),
     )
 
 
 async def refresh_rollups(conn: psycopg.AsyncConnection[object]) -> int:
-    """Recompute the rollup buckets of every dirty hour (native mode); returns how many hours.
+    """Recompute the rollups of every pending minute (native mode); returns how many minutes.
 
-    Late and replayed data mark their hours dirty like any other, so they are folded in the
-    way a continuous aggregate's invalidation would fold them.
+    Late and replayed data mark their minutes like any other, so they are folded in the way a
+    continuous aggregate's invalidation would fold them.
     """
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(727276)")  # one refresher at a time
-        cur = await conn.execute("DELETE FROM rollup_dirty RETURNING hour")
-        hours = sorted(row[0] for row in await cur.fetchall())  # type: ignore[index]
-        for lo, hi in _contiguous(hours):
-            for name, width in ROLLUPS.items():
-                bucket = f"date_bin(INTERVAL '{_interval(width)}', ts, {BUCKET_ORIGIN})"
-                query = (
-                    f"INSERT INTO {name} (bucket, device_id, metric, n, mean, min, max) "
-                    f"{ROLLUP_SELECT.format(bucket=bucket)} WHERE ts >= %(lo)s AND ts < %(hi)s "
-                    "GROUP BY 1, 2, 3 "
-                    "ON CONFLICT (device_id, metric, bucket) DO UPDATE SET "
-                    "n = EXCLUDED.n, mean = EXCLUDED.mean, min = EXCLUDED.min, max = EXCLUDED.max"
-                )
-                await conn.execute(query.encode(), {"lo": lo, "hi": hi})
-    return len(hours)
+        cur = await conn.execute("DELETE FROM rollup_pending RETURNING minute")
+        minutes = sorted({row[0] for row in await cur.fetchall()})  # type: ignore[index]
+        for lo, hi in _contiguous(minutes, MINUTE):
+            await conn.execute(UPSERT_1M.encode(), {"lo": lo, "hi": hi})
+        # Whole UTC hours (the bucket origin is UTC midnight), whatever the session's time zone.
+        hours = sorted({m.astimezone(UTC).replace(minute=0, second=0, microsecond=0) for m in minutes})
+        for lo, hi in _contiguous(hours, HOUR):
+            await conn.execute(UPSERT_1H.encode(), {"lo": lo, "hi": hi})
+    return len(minutes)
 
 
-def _contiguous(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
-    """Sorted hour starts -> half-open ranges covering consecutive hours."""
+def _contiguous(starts: list[datetime], width: timedelta) -> list[tuple[datetime, datetime]]:
+    """Sorted bucket starts -> half-open ranges covering consecutive buckets."""
     runs: list[tuple[datetime, datetime]] = []
-    for hour in hours:
-        if runs and runs[-1][1] == hour:
-            runs[-1] = (runs[-1][0], hour + DIRTY_UNIT)
+    for start in starts:
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], start + width)
         else:
-            runs.append((hour, hour + DIRTY_UNIT))
+            runs.append((start, start + width))
     return runs
 
 

@@ -49,15 +49,12 @@ GROUP BY s.device_id, s.metric, s.ts_us
 """
 
 MARK_STAGED_DIRTY = f"""
-INSERT INTO rollup_dirty (hour)
-SELECT DISTINCT date_bin(INTERVAL '1 hour', TIMESTAMPTZ 'epoch' + ts_us * INTERVAL '1 microsecond',
+INSERT INTO rollup_pending (minute)
+SELECT DISTINCT date_bin(INTERVAL '1 minute', TIMESTAMPTZ 'epoch' + ts_us * INTERVAL '1 microsecond',
                          {schema.BUCKET_ORIGIN})
 FROM readings_stage
-ON CONFLICT DO NOTHING
 """
 
-
-# Per series, an index range scan on the primary key (device_id, metric, ts).
 HISTORY = """
 SELECT q.idx, h.ts_us, h.value
 FROM unnest(%(idx)s::int[], %(dev)s::text[], %(met)s::text[], %(before)s::bigint[])

@@ -44,7 +44,7 @@ async def test_native_schema_partitions_rollups_and_retention(database: str) -> 
                 (ts, v, ts),
             )
         await schema.mark_dirty(conn, values[0][0], values[-1][0])
-        assert await schema.refresh_rollups(conn) == 1  # one dirty hour
+        assert await schema.refresh_rollups(conn) == 3  # three dirty minutes
         assert await schema.refresh_rollups(conn) == 0  # consumed
         minute = await _rows(conn, "SELECT bucket, n, mean, min, max FROM readings_1m ORDER BY bucket")
         assert minute == [
