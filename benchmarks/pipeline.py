@@ -23,6 +23,7 @@ import psycopg
 import websockets
 from rich.console import Console
 
+from cityops import schema
 from cityops.contracts import Topics
 from cityops.kafka import ensure_topics
 from cityops.stack import Stack, StackSettings
@@ -131,8 +132,7 @@ async def run_variant(stack: Stack, linger_ms: int, args: argparse.Namespace) ->
         return Result(published.acked / elapsed, published.rows, stored, drain, latencies, len(spikes), hops)
     finally:
         stack.unregister([d.device_id for d in devices])
-        async with await psycopg.AsyncConnection.connect(base, autocommit=True) as conn:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'.encode())
+        await schema.drop_database(base, db)
 
 
 def _first_metric(kind: str) -> str:

@@ -14,6 +14,7 @@ Two storage paths with the same relations, so queries (the API's, Grafana's) do 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
@@ -333,3 +334,18 @@ async def upsert_devices(conn: psycopg.AsyncConnection[object], devices: Iterabl
             rows,
         )
     return len(rows)
+
+
+async def drop_database(admin_dsn: str, name: str, *, attempts: int = 40) -> None:
+    """Drop a database that clients are leaving. A plain DROP stops autovacuum workers itself
+    (WITH (FORCE) would need the right to signal them, which an application role lacks), so
+    retry it while connections close, and force only as a last resort."""
+    ident = sql.Identifier(name)
+    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
+        for _ in range(attempts):
+            try:
+                await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident))
+                return
+            except psycopg.errors.ObjectInUse:
+                await asyncio.sleep(0.25)
+        await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))

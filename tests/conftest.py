@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from cityops import schema
 from cityops.contracts import Topics
 from cityops.kafka import ensure_topics
 from cityops.registry import Device
@@ -41,8 +42,7 @@ async def database(stack: Stack, uid: str) -> AsyncIterator[str]:
     async with await psycopg.AsyncConnection.connect(base, autocommit=True) as conn:
         await conn.execute(f'CREATE DATABASE "{name}"'.encode())
     yield _dsn(base, name)
-    async with await psycopg.AsyncConnection.connect(base, autocommit=True) as conn:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    await schema.drop_database(base, name)
 
 
 @pytest.fixture
