@@ -138,7 +138,7 @@ class ReadingStore(AsyncService):
     async def write(self, rows: Rows) -> BOOL:
         """Store ``rows``; returns which of them were new (True once per key, at its first
         occurrence in the batch). Inside :meth:`transaction` it commits with it; otherwise it
-        is durable when this returns."""
+        is durable when this returns. Once per transaction: the staging table empties on commit."""
         new = np.zeros(len(rows), np.bool_)
         if not rows:
             return new
@@ -162,7 +162,6 @@ class ReadingStore(AsyncService):
             new[[int(r[0]) for r in await cur.fetchall()]] = True  # type: ignore[index]
             if self.mode is StorageMode.NATIVE:
                 await cur.execute(MARK_STAGED_DIRTY.encode())
-            await cur.execute("TRUNCATE readings_stage")
         return new
 
     async def history(
