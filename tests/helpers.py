@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 import psycopg
 from aiokafka import AIOKafkaConsumer
 
+from cityops.contracts import Alert
+
 
 async def eventually(check: Callable[[], Awaitable[object]], *, timeout: float = 30.0, interval: float = 0.2) -> None:
     """Poll an async predicate until it is true; fail with its last value otherwise."""
@@ -48,3 +50,36 @@ async def scalar(dsn: str, query: str) -> object:
 
 async def count_rows(dsn: str) -> int:
     return int(await scalar(dsn, "SELECT count(*) FROM readings"))  # type: ignore[call-overload]
+
+
+async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    """Send (key, value) pairs to ``topic`` and wait until Kafka has each."""
+    from cityops.kafka import make_producer
+
+    producer = make_producer(bootstrap, client_id="test")
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+def make_alert(device: str, ts_us: int, seq: int = 1) -> Alert:
+    """A pressure alert as the stream tier would raise it."""
+    return Alert(
+        Alert.make_id(device, "pressure_kpa", ts_us, "ewma_z"),
+        device,
+        "pipe_node",
+        "pressure_kpa",
+        ts_us,
+        510.0,
+        31.5,
+        "ewma_z",
+        420.0,
+        2.1,
+        39,
+        seq,
+        ts_us + 1000,
+        ts_us + 2000,
+    )

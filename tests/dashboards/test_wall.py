@@ -10,10 +10,10 @@ import pytest
 from playwright.async_api import Browser, async_playwright
 
 from cityops import contracts
-from cityops.contracts import Alert, Topics
-from cityops.kafka import make_producer
+from cityops.contracts import Topics
 from cityops.stack import Stack
 from ioc import ApiServer, IocSettings
+from tests.helpers import make_alert, produce
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM = os.environ.get("CITYOPS_CHROMIUM", "/usr/bin/chromium")
@@ -31,29 +31,8 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 async def _alert(stack: Stack, topics: Topics, device: str, clock_offset_s: float = 0.0) -> None:
-    producer = make_producer(stack.settings.kafka_bootstrap, client_id="test")
-    await producer.start()
-    try:
-        ts = contracts.now_us() + int(clock_offset_s * 1_000_000)
-        alert = Alert(
-            Alert.make_id(device, "pressure_kpa", ts, "ewma_z"),
-            device,
-            "pipe_node",
-            "pressure_kpa",
-            ts,
-            510.0,
-            31.0,
-            "ewma_z",
-            420.0,
-            2.0,
-            39,
-            1,
-            ts,
-            ts,
-        )
-        await producer.send_and_wait(topics.alerts, contracts.encode(alert), key=device.encode())
-    finally:
-        await producer.stop()
+    alert = make_alert(device, contracts.now_us() + int(clock_offset_s * 1_000_000))
+    await produce(stack.settings.kafka_bootstrap, topics.alerts, [(device.encode(), contracts.encode(alert))])
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from cityops.registry import Device
 from cityops.stack import Stack
 from ioc import ApiServer, IocSettings
 from ioc.errors import IocError
+from tests import helpers
 from tests.helpers import eventually
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -32,23 +33,7 @@ async def api(topics: Topics, database: str, uid: str) -> AsyncIterator[ApiServe
 
 
 def make_alert(device: str, seq: int) -> Alert:
-    ts = contracts.to_us(T0 + timedelta(seconds=seq))
-    return Alert(
-        Alert.make_id(device, "pressure_kpa", ts, "ewma_z"),
-        device,
-        "pipe_node",
-        "pressure_kpa",
-        ts,
-        510.0,
-        31.5,
-        "ewma_z",
-        420.0,
-        2.1,
-        39,
-        seq,
-        ts + 1000,
-        ts + 2000,
-    )
+    return helpers.make_alert(device, contracts.to_us(T0 + timedelta(seconds=seq)), seq)
 
 
 async def test_alerts_are_stored_once_and_pushed_once(stack: Stack, topics: Topics, api: ApiServer) -> None:

@@ -10,7 +10,7 @@ from cityops.kafka import make_producer
 from cityops.schema import StorageMode
 from cityops.stack import Stack
 from stream import StreamService, StreamSettings
-from tests.helpers import eventually, read_topic, scalar
+from tests.helpers import eventually, produce, read_topic, scalar
 
 T0 = contracts.to_us(contracts.to_datetime(0).replace(year=2026, month=11, day=21, hour=9))
 
@@ -64,6 +64,19 @@ async def test_stores_dead_letters_and_maintains_on_its_clock(
     assert letters[0].source.startswith(f"kafka:{topics.readings}/")
 
 
+async def _publish(stack: Stack, topics: Topics, readings: list[Reading]) -> None:
+    messages = [(r.device_id.encode(), contracts.encode(r)) for r in readings]
+    await produce(stack.settings.kafka_bootstrap, topics.readings, messages)
+
+
+async def _run_until(settings: StreamSettings, database: str, rows: int) -> None:
+    """A stream process that runs until ``rows`` readings are stored, then stops."""
+    async with StreamService(settings) as service, asyncio.TaskGroup() as tasks:
+        runner = tasks.create_task(service.run())
+        await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), rows))
+        runner.cancel()
+
+
 async def _equals(value: object, expected: object) -> bool:
     return await value == expected  # type: ignore[misc]
 
@@ -73,28 +86,15 @@ async def test_a_restarted_stream_warms_up_from_history_and_catches_the_next_spi
 ) -> None:
     settings = StreamSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1)
 
-    async def publish(seqs: range, spike_at: int | None = None) -> None:
-        producer = make_producer(stack.settings.kafka_bootstrap, client_id="test")
-        await producer.start()
-        try:
-            for i in seqs:
-                value = 400.0 + (i % 5) * 0.5 + (80.0 if i == spike_at else 0.0)
-                r = Reading("dev-1", "pipe_node", i, T0 + i * 1_000_000, {"pressure_kpa": value}, T0)
-                await producer.send_and_wait(topics.readings, contracts.encode(r), key=b"dev-1")
-        finally:
-            await producer.stop()
+    def reading(i: int) -> Reading:
+        value = 400.0 + (i % 5) * 0.5 + (80.0 if i == 45 else 0.0)
+        return Reading("dev-1", "pipe_node", i, T0 + i * 1_000_000, {"pressure_kpa": value}, T0)
 
-    async def run_until(rows: int) -> None:
-        async with StreamService(settings) as service, asyncio.TaskGroup() as tasks:
-            runner = tasks.create_task(service.run())
-            await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), rows))
-            runner.cancel()
-
-    await publish(range(40))
-    await run_until(40)
+    await _publish(stack, topics, [reading(i) for i in range(40)])
+    await _run_until(settings, database, 40)
     # A new process: without history it would need 30 readings before it could alert.
-    await publish(range(40, 50), spike_at=45)
-    await run_until(50)
+    await _publish(stack, topics, [reading(i) for i in range(40, 50)])
+    await _run_until(settings, database, 50)
     alerts = [
         contracts.decode_alert(v)
         for v in await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=1, timeout=10)
@@ -114,29 +114,14 @@ async def test_a_batch_opening_with_an_old_duplicate_does_not_fool_a_cold_detect
         value = (50.0 if i < 100 else 80.0) + (i % 5) * 0.3
         return Reading("dev-2", "pipe_node", i, T0 + i * 1_000_000, {"pressure_kpa": value}, T0)
 
-    async def publish(seqs: list[int]) -> None:
-        producer = make_producer(stack.settings.kafka_bootstrap, client_id="test")
-        await producer.start()
-        try:
-            for i in seqs:
-                await producer.send_and_wait(topics.readings, contracts.encode(reading(i)), key=b"dev-2")
-        finally:
-            await producer.stop()
-
-    async def run_until(rows: int) -> None:
-        async with StreamService(settings) as service, asyncio.TaskGroup() as tasks:
-            runner = tasks.create_task(service.run())
-            await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), rows))
-            runner.cancel()
-
-    await publish(list(range(201)))
-    await run_until(201)
+    await _publish(stack, topics, [reading(i) for i in range(201)])
+    await _run_until(settings, database, 201)
     first = [
         contracts.decode_alert(v).seq
         for v in await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=100, timeout=3)
     ]
-    await publish([50, 201])  # a redelivered old reading, then a normal new one
-    await run_until(202)
+    await _publish(stack, topics, [reading(50), reading(201)])  # a redelivered old reading, then a new one
+    await _run_until(settings, database, 202)
     after = [
         contracts.decode_alert(v).seq
         for v in await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=100, timeout=3)
