@@ -180,9 +180,6 @@ class Postgres:
     def timescaledb_installed() -> bool:
         return Path("/usr/share/postgresql/15/extension/timescaledb.control").exists()
 
-    def timescaledb_available(self) -> bool:
-        return bool(self.psql("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").strip())
-
     def stop(self) -> bool:
         if not self.running():
             return False
