@@ -24,10 +24,11 @@ import websockets
 from rich.console import Console
 
 from cityops import schema
-from cityops.contracts import Topics
+from cityops.contracts import DeviceKind, Topics
 from cityops.kafka import ensure_topics
 from cityops.stack import Stack, StackSettings
-from firmware_sim import SimSettings, Simulator, Spike, small_city
+from firmware_sim import EventKind, Scenario, Scheduled, SimSettings, Simulator, build_city
+from firmware_sim.scenario import CityConfig, DeviceClass, Truth
 from gateway import Gateway, GatewaySettings
 from ioc import ApiServer, IocSettings
 from stream import StreamService, StreamSettings
@@ -63,15 +64,24 @@ async def run_variant(stack: Stack, linger_ms: int, args: argparse.Namespace) ->
     async with await psycopg.AsyncConnection.connect(base, autocommit=True) as conn:
         await conn.execute(f'CREATE DATABASE "{db}"'.encode())
     dsn = base.rsplit("/", 1)[0] + "/" + db
-    per_kind = max(1, args.devices // 4)
-    devices = small_city(per_kind, seed=3, extent=(52.34, 4.85, 52.39, 4.94), prefix=f"b{uid}-")
+    per_kind = max(1, args.devices // len(DeviceKind))
+    probe = Scenario(
+        seed=3,
+        city=CityConfig(id_prefix=f"b{uid}-"),
+        devices={k: DeviceClass(count=per_kind, interval_s=args.interval) for k in DeviceKind},
+        truth=Truth(file="", kafka=False),
+    )
+    devices = build_city(probe).devices
     stack.register(devices)
-    # One spike per device per 60 readings, after the 30-reading warm-up.
+    # One spike per device every 60 readings, after the 30-reading warm-up.
     spikes = [
-        Spike(d.device_id, "pressure_kpa" if d.kind == "pipe_node" else _first_metric(d.kind), s)
+        Scheduled(
+            kind=EventKind.SPIKE, at_s=s * args.interval, target=d.device_id, metric=_metric(d.kind), magnitude=40
+        )
         for d in devices
         for s in range(60, args.per_device, 60)
     ]
+    scenario = probe.model_copy(update={"incidents": spikes})
     common: dict[str, Any] = {"topic_prefix": topics.prefix, "pg_dsn": dsn}
     try:
         async with (
@@ -101,16 +111,16 @@ async def run_variant(stack: Stack, linger_ms: int, args: argparse.Namespace) ->
                             arrivals.setdefault((a["device_id"], a["metric"], a["seq"]), (time.time(), a))
 
                 listener = tasks.create_task(listen())
-                sim = Simulator(
-                    SimSettings(interval_s=args.interval, spikes_per_device_hour=0, seed=9), devices, spikes=spikes
-                )
+                sim = Simulator(SimSettings(**common, tick_s=0.005), scenario)
                 async with sim:
                     started = time.monotonic()
-                    published = await sim.run(count=args.per_device)
+                    published = await sim.run(readings_per_device=args.per_device)
                     elapsed = time.monotonic() - started
+                    assert sim.truth is not None
+                    truths = [t for t in sim.truth.events if t.kind == "spike"]
                 drain_start = time.monotonic()
                 deadline = drain_start + 120
-                while await _count(dsn) < published.rows and time.monotonic() < deadline:
+                while await _count(dsn) < published.values_acked and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
                 drain = time.monotonic() - drain_start
                 await asyncio.sleep(1.0)  # last alerts
@@ -120,28 +130,40 @@ async def run_variant(stack: Stack, linger_ms: int, args: argparse.Namespace) ->
         stored = await _count(dsn)
         latencies = []
         hops: dict[str, list[float]] = {"device_to_gateway": [], "gateway_to_alert": [], "alert_to_websocket": []}
-        for s in spikes:
-            got = arrivals.get((s.device_id, s.metric, s.seq))
+        for t in truths:
+            got = next(
+                (
+                    v
+                    for (device, metric, _), v in arrivals.items()
+                    if device == t.device_ids[0] and metric == t.metrics[0] and t.start_us <= v[1]["ts_us"] < t.end_us
+                ),
+                None,
+            )
             if got is not None:
                 arrival, alert = got
-                device_ts, _ = published.by_device[s.device_id][s.seq]
-                latencies.append((arrival - device_ts.timestamp()) * 1000)
+                latencies.append((arrival - alert["ts_us"] / 1e6) * 1000)
                 hops["device_to_gateway"].append((alert["gateway_us"] - alert["ts_us"]) / 1000)
                 hops["gateway_to_alert"].append((alert["emitted_us"] - alert["gateway_us"]) / 1000)
                 hops["alert_to_websocket"].append(arrival * 1000 - alert["emitted_us"] / 1000)
-        return Result(published.acked / elapsed, published.rows, stored, drain, latencies, len(spikes), hops)
+        return Result(published.acked / elapsed, published.values_acked, stored, drain, latencies, len(truths), hops)
     finally:
         stack.unregister([d.device_id for d in devices])
         await schema.drop_database(base, db)
 
 
-def _first_metric(kind: str) -> str:
-    return {"lamp_pole": "power_w", "water_quality": "conductivity_uscm", "env_station": "no2_ugm3"}[kind]
+def _metric(kind: str) -> str:
+    return {
+        "lamp_pole": "voltage_v",
+        "pipe_node": "pressure_kpa",
+        "water_quality": "conductivity_uscm",
+        "env_station": "no2_ugm3",
+        "drainage": "level_cm",
+    }[kind]
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=40)
+    parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--per-device", type=int, default=200)
     parser.add_argument("--interval", type=float, default=0.05)
     args = parser.parse_args()

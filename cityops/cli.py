@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -103,53 +102,63 @@ def api() -> None:
 
 @app.command()
 def sim(
-    per_kind: int | None = typer.Option(None, help="Devices of each kind (CITYOPS_SIM_PER_KIND)."),
-    interval: float | None = typer.Option(None, help="Seconds between a device's readings."),
+    scenario: Path | None = typer.Option(
+        None, help="Scenario file (TOML); default: the demo city (CITYOPS_SIM_SCENARIO)."
+    ),
+    devices: int | None = typer.Option(None, help="Devices in total, split as the scenario's counts are."),
+    rate: float | None = typer.Option(None, help="Readings per second for the whole fleet."),
     duration: float | None = typer.Option(None, help="Seconds to run; 0 runs until Ctrl-C."),
-    seed: int | None = typer.Option(None, help="Random seed; the same seed gives the same city."),
+    seed: int | None = typer.Option(None, help="Random seed; the same seed gives the same run."),
+    mode: str | None = typer.Option(None, help="realistic (a session per device) or concentrator."),
     provision_city: bool = typer.Option(
-        True, "--provision/--no-provision", help="Register the city first, or use the registry as it is."
+        True, "--provision/--no-provision", help="Register the city first, or trust the registry as it is."
     ),
 ) -> None:
-    """Run a simulated city: registers its devices, then publishes their readings over MQTT."""
-    from firmware_sim import SimSettings, Simulator
+    """Run a simulated city: registers its devices, then publishes their readings over MQTT.
 
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {"per_kind": per_kind, "interval_s": interval, "duration_s": duration, "seed": seed}.items()
-        if v is not None
-    }
-    settings = SimSettings(**overrides)
+    Shows devices connected, readings sent and acknowledged per second, the offline buffer
+    and incidents injected; at the end prints what was sent and acknowledged, for load tests
+    to compare with what was stored.
+    """
+    import asyncio
+
+    from firmware_sim import SimSettings, Simulator, build_city, load, with_overrides
+    from firmware_sim.errors import ScenarioError
+
+    settings = SimSettings(scenario=scenario) if scenario else SimSettings()
     _logging(settings.log_level, settings.log_format)
+    try:
+        plan = with_overrides(
+            load(settings.scenario), devices=devices, rate=rate, duration_s=duration, seed=seed, mode=mode
+        )
+    except ScenarioError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with console.status("building the city (water network, devices)"):
+        city = build_city(plan)
     if provision_city:
-        devices = _provision(settings)
-    else:
-        devices = registry.load(settings.state_dir / "devices.json")
-        if not devices:
-            raise typer.BadParameter(f"no devices registered in {settings.state_dir / 'devices.json'}")
+        with console.status(f"registering {len(city.devices)} devices"):
+            _provision(settings, city.devices)
 
     async def main() -> None:
-        from rich.live import Live
+        from firmware_sim.progress import Progress
 
-        async with Simulator(settings, devices) as simulator:
-            with Live(console=console, refresh_per_second=2, transient=False) as live:
+        async with Simulator(settings, plan, city=city) as simulator:
+            with Progress(simulator, console) as progress:
+                stats = await simulator.run(on_tick=progress.update)
+            progress.report(stats)
 
-                def tick(p: object) -> None:
-                    live.update(
-                        f"devices {len(devices)}  sent {simulator.published.sent}  "
-                        f"acknowledged {simulator.published.acked}  "
-                        f"spikes {len(simulator.published.spikes)}"
-                    )
-
-                await simulator.run(duration_s=settings.duration_s or None, on_tick=tick)
-
-    serve(main)
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()
 def provision(
-    per_kind: int | None = typer.Option(None, help="Devices of each kind (CITYOPS_SIM_PER_KIND)."),
+    scenario: Path | None = typer.Option(None, help="Scenario file (TOML); default: the demo city."),
+    devices: int | None = typer.Option(None, help="Devices in total, split as the scenario's counts are."),
     seed: int | None = typer.Option(None, help="Random seed; the same seed gives the same city."),
+    mode: str | None = typer.Option(None, help="realistic (a session per device) or concentrator."),
     broker_dir: Path | None = typer.Option(
         None,
         help="Write mosquitto.conf, passwd (plain, for mosquitto_passwd -U) and acl here for a broker "
@@ -157,15 +166,16 @@ def provision(
     ),
 ) -> None:
     """Register the simulated city: registry file, broker credentials and ACL, and the devices table."""
-    from firmware_sim import SimSettings
+    from firmware_sim import SimSettings, build_city, load, with_overrides
 
-    overrides: dict[str, Any] = {k: v for k, v in {"per_kind": per_kind, "seed": seed}.items() if v is not None}
-    settings = SimSettings(**overrides)
-    devices = _provision(settings, broker_dir=broker_dir)
-    console.print(f"provisioned {len(devices)} devices (registry: {settings.state_dir / 'devices.json'})")
+    settings = SimSettings(scenario=scenario) if scenario else SimSettings()
+    plan = with_overrides(load(settings.scenario), devices=devices, seed=seed, mode=mode)
+    city = build_city(plan)
+    _provision(settings, city.devices, broker_dir=broker_dir)
+    console.print(f"provisioned {len(city.devices)} devices (registry: {settings.state_dir / 'devices.json'})")
 
 
-def _provision(settings: CommonSettings, *, broker_dir: Path | None = None) -> list[Device]:
+def _provision(settings: CommonSettings, devices: list[Device], *, broker_dir: Path | None = None) -> None:
     import asyncio
 
     import psycopg
@@ -173,10 +183,7 @@ def _provision(settings: CommonSettings, *, broker_dir: Path | None = None) -> l
     from cityops import schema
     from cityops.kafka import ensure_topics
     from cityops.stack.mosquitto import render_config, write_credentials
-    from firmware_sim import SimSettings, small_city
 
-    assert isinstance(settings, SimSettings)
-    devices = small_city(settings.per_kind, seed=settings.seed, extent=settings.extent, prefix=settings.id_prefix)
     if broker_dir is None:
         Stack(StackSettings(install_packages=False)).register(devices)
     else:
@@ -203,15 +210,13 @@ def _provision(settings: CommonSettings, *, broker_dir: Path | None = None) -> l
         await ensure_topics(settings.kafka_bootstrap, settings.topics.all())
 
     asyncio.run(db_and_topics())
-    return devices
 
 
 @app.command()
 def run(
-    per_kind: int = typer.Option(4, help="Devices of each kind in the simulated city."),
-    interval: float = typer.Option(1.0, help="Seconds between a device's readings."),
+    scenario: Path | None = typer.Option(None, help="Scenario file (TOML) for the simulated city; default: the demo."),
 ) -> None:
     """Everything: the stack, the three services and a simulated city, until Ctrl-C."""
     from cityops.supervisor import run_city
 
-    run_city(per_kind=per_kind, interval_s=interval, console=console)
+    run_city(scenario=scenario.resolve() if scenario else None, console=console)

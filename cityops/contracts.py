@@ -27,6 +27,7 @@ class DeviceKind(enum.StrEnum):
     PIPE_NODE = "pipe_node"
     WATER_QUALITY = "water_quality"
     ENV_STATION = "env_station"
+    DRAINAGE = "drainage"
 
 
 class Metric(msgspec.Struct, frozen=True):
@@ -54,6 +55,9 @@ METRICS: Final[dict[DeviceKind, dict[str, Metric]]] = {
         "noise_dba": Metric("dB(A)", 0, 150),
         "temperature_c": Metric("degC", -60, 70),
         "humidity_pct": Metric("%", 0, 100),
+        # Switches: the cabinet door of the pole, and the pole's tilt sensor (knocked over).
+        "door_open": Metric("bool", 0, 1),
+        "tilt": Metric("bool", 0, 1),
     },
     DeviceKind.PIPE_NODE: {
         "pressure_kpa": Metric("kPa", -100, 2_500),
@@ -74,6 +78,11 @@ METRICS: Final[dict[DeviceKind, dict[str, Metric]]] = {
         "co_mgm3": Metric("mg/m3", 0, 500),
         "noise_dba": Metric("dB(A)", 0, 150),
     },
+    DeviceKind.DRAINAGE: {
+        # Water level above the manhole invert; the cover lifts when it tilts.
+        "level_cm": Metric("cm", 0, 1_000),
+        "cover_tilt": Metric("bool", 0, 1),
+    },
 }
 
 # --- MQTT ------------------------------------------------------------------------------------
@@ -87,8 +96,21 @@ def mqtt_readings_topic(kind: DeviceKind | str, device_id: str) -> str:
     return f"{MQTT_ROOT}/{kind}/{device_id}/readings"
 
 
+# A concentrator (a street-lighting segment controller, a LoRaWAN network server) publishes
+# for many devices on one connection: ``cityops/v1/concentrator/<concentrator_id>/readings``,
+# SenML packs whose records name each device. The registry says which devices it may speak for.
+CONCENTRATOR: Final = "concentrator"
+
+
+def mqtt_concentrator_topic(concentrator_id: str) -> str:
+    return f"{MQTT_ROOT}/{CONCENTRATOR}/{concentrator_id}/readings"
+
+
 def parse_mqtt_readings_topic(topic: str) -> tuple[str, str]:
-    """Return ``(kind, device_id)`` of a readings topic; ValueError if it is not one."""
+    """Return ``(kind, device_id)`` of a readings topic; ValueError if it is not one.
+
+    For a concentrator's topic the pair is ``("concentrator", concentrator_id)``.
+    """
     parts = topic.split("/")
     if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != MQTT_ROOT or parts[4] != "readings":
         raise ValueError(f"not a readings topic: {topic!r}")
@@ -106,6 +128,92 @@ class DevicePayload(msgspec.Struct, forbid_unknown_fields=True):
     ts: AwareDatetime
     metrics: dict[str, float]
     device_id: str | None = None
+
+
+class PayloadFormat(enum.StrEnum):
+    """What a device may publish. The gateway tells them apart by the first byte."""
+
+    JSON = "json"  # DevicePayload: one reading per message
+    SENML_JSON = "senml+json"  # RFC 8428 pack, JSON
+    SENML_CBOR = "senml+cbor"  # RFC 8428 pack, CBOR
+
+
+def sniff_format(payload: bytes) -> PayloadFormat | None:
+    head = payload.lstrip(b" \t\r\n")[:1]
+    if head == b"{":
+        return PayloadFormat.JSON
+    if head == b"[":
+        return PayloadFormat.SENML_JSON
+    # CBOR major type 4 (array), definite or indefinite length.
+    if head and 0x80 <= head[0] <= 0x9F:
+        return PayloadFormat.SENML_CBOR
+    return None
+
+
+# The cityops SenML profile. A device's records share the base name
+# ``urn:dev:cityops:<device_id>:`` and the record name is the metric. Each (device, time)
+# group carries the device's sequence number in the ``seq`` extension field on one of its
+# records. Booleans (unit "bool" in the catalogue) travel as ``vb``. A unit is optional: none
+# means the catalogue's unit; SenML units below are converted to it; others are refused.
+SENML_BASE_PREFIX: Final = "urn:dev:cityops:"
+SENML_SEQ: Final = "seq"
+SENML_UNITS: Final[dict[str, tuple[str, float]]] = {
+    # SenML unit (RFC 8428, RFC 8798) -> (catalogue unit, factor)
+    "Pa": ("kPa", 1e-3),
+    "hPa": ("kPa", 0.1),
+    "m3/s": ("m3/h", 3600.0),
+    "l/s": ("m3/h", 3.6),
+    "Cel": ("degC", 1.0),
+    "%RH": ("%", 1.0),
+    "%": ("%", 1.0),
+    "S/m": ("uS/cm", 1e4),
+    "kg/m3": ("mg/L", 1e3),
+    "W": ("W", 1.0),
+    "V": ("V", 1.0),
+    "A": ("A", 1.0),
+    "ug/m3": ("ug/m3", 1.0),
+    "pH": ("pH", 1.0),
+    "cm": ("cm", 1.0),
+    "m": ("cm", 100.0),
+}
+
+
+def senml_base_name(device_id: str) -> str:
+    return f"{SENML_BASE_PREFIX}{device_id}:"
+
+
+def senml_records(
+    kind: DeviceKind,
+    device_id: str | None,
+    seq: int,
+    ts_us: int,
+    metrics: dict[str, float],
+    units: dict[str, tuple[str, float]] | None = None,
+) -> list[dict[str, object]]:
+    """One reading as SenML records (JSON labels). ``device_id=None`` leaves the name to the topic.
+
+    ``units`` maps a metric to (SenML unit, factor from the catalogue unit) to send it in.
+    """
+    catalogue = METRICS[kind]
+    records: list[dict[str, object]] = []
+    for name, value in metrics.items():
+        rec: dict[str, object] = {"n": name}
+        spec = catalogue.get(name)
+        if spec is not None and spec.unit == "bool":
+            rec["vb"] = value >= 0.5
+        elif units and name in units:
+            unit, factor = units[name]
+            rec["u"] = unit
+            rec["v"] = value * factor
+        else:
+            rec["v"] = value
+        records.append(rec)
+    head = records[0] if records else {}
+    if device_id is not None:
+        head["bn"] = senml_base_name(device_id)
+    head["bt"] = ts_us / 1e6
+    head[SENML_SEQ] = seq
+    return records
 
 
 # --- Kafka -----------------------------------------------------------------------------------
@@ -128,8 +236,12 @@ class Topics(msgspec.Struct, frozen=True):
     def alerts(self) -> str:
         return f"{self.prefix}alerts"
 
+    @property
+    def ground_truth(self) -> str:
+        return f"{self.prefix}truth"
+
     def all(self) -> list[str]:
-        return [self.readings, self.dead_letter, self.alerts]
+        return [self.readings, self.dead_letter, self.alerts, self.ground_truth]
 
 
 class Reading(msgspec.Struct, frozen=True):
@@ -183,13 +295,40 @@ class DeadLetter(msgspec.Struct, frozen=True):
     device_id: str | None = None
 
 
+class TruthCategory(enum.StrEnum):
+    INCIDENT = "incident"  # something happened in the city: operators must see it
+    SENSOR_FAULT = "sensor_fault"  # the sensor lies: detectors should flag it, crews fix sensors
+    PLATFORM = "platform"  # the message itself is bad: the gateway must dead-letter or absorb it
+
+
+class GroundTruth(msgspec.Struct, frozen=True):
+    """What the simulator injected, for scoring detection: which devices and metrics, when.
+
+    ``end_us`` is exclusive. ``metrics`` lists the metrics the event changes (empty when it
+    silences the devices, as a dropout does). Kafka key: the event id.
+    """
+
+    event_id: str
+    kind: str
+    category: TruthCategory
+    device_ids: list[str]
+    metrics: list[str]
+    start_us: int
+    end_us: int
+    magnitude: float = 0.0
+    note: str = ""
+
+
 _reading_encoder = msgspec.msgpack.Encoder()
 _reading_decoder = msgspec.msgpack.Decoder(Reading)
 _alert_decoder = msgspec.msgpack.Decoder(Alert)
 _dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)
 
 
-def encode(message: Reading | Alert | DeadLetter) -> bytes:
+_truth_decoder = msgspec.msgpack.Decoder(GroundTruth)
+
+
+def encode(message: Reading | Alert | DeadLetter | GroundTruth) -> bytes:
     return _reading_encoder.encode(message)
 
 
@@ -203,6 +342,10 @@ def decode_alert(data: bytes) -> Alert:
 
 def decode_dead_letter(data: bytes) -> DeadLetter:
     return _dead_letter_decoder.decode(data)
+
+
+def decode_ground_truth(data: bytes) -> GroundTruth:
+    return _truth_decoder.decode(data)
 
 
 # --- time ------------------------------------------------------------------------------------

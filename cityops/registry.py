@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -23,7 +25,16 @@ class Device(msgspec.Struct, frozen=True):
     lon: float
     district: str
     # Network relations operators care about (lamp -> cabinet/feeder, pipe node -> DMA, ...).
+    # ``concentrator``: the device has no MQTT account of its own; that concentrator speaks for it.
     attrs: dict[str, str] = {}
+
+    @property
+    def concentrator(self) -> str | None:
+        return self.attrs.get("concentrator")
+
+
+def concentrators(devices: list[Device]) -> list[str]:
+    return sorted({d.concentrator for d in devices if d.concentrator is not None})
 
 
 def device_password(fleet_secret: str, device_id: str) -> str:
@@ -49,3 +60,32 @@ def merge(existing: list[Device], new: list[Device]) -> list[Device]:
     by_id = {d.device_id: d for d in existing}
     by_id.update({d.device_id: d for d in new})
     return list(by_id.values())
+
+
+class RegistryFile:
+    """The registry as a service reads it: looked up by id, re-read when the file changes.
+
+    The file's modification time is checked at most every ``check_s`` seconds, so a device
+    registered while the service runs is known within that delay.
+    """
+
+    def __init__(self, path: Path, *, check_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self._check_s = check_s
+        self._clock = clock
+        self._checked = -float("inf")
+        self._mtime: float | None = None
+        self._devices: dict[str, Device] = {}
+
+    def get(self, device_id: str) -> Device | None:
+        now = self._clock()
+        if now - self._checked >= self._check_s:
+            self._checked = now
+            try:
+                mtime: float | None = self.path.stat().st_mtime
+            except FileNotFoundError:
+                mtime = None
+            if mtime != self._mtime:
+                self._mtime = mtime
+                self._devices = {d.device_id: d for d in load(self.path)}
+        return self._devices.get(device_id)

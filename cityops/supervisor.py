@@ -57,7 +57,7 @@ class Child:
             self.proc.wait()
 
 
-def run_city(*, per_kind: int, interval_s: float, console: Console) -> None:
+def run_city(*, scenario: Path | None, console: Console) -> None:
     stack = Stack(StackSettings())
     was_running = all(c.reachable for c in stack.status())
     started = time.monotonic()
@@ -66,7 +66,7 @@ def run_city(*, per_kind: int, interval_s: float, console: Console) -> None:
     console.print(f"stack ready in {time.monotonic() - started:.1f} s (state: {stack.settings.state_dir})")
 
     log_dir = stack.settings.state_dir / "logs"
-    env = {"CITYOPS_SIM_PER_KIND": str(per_kind), "CITYOPS_SIM_INTERVAL_S": str(interval_s)}
+    env = {"CITYOPS_SIM_SCENARIO": str(scenario)} if scenario else {}
     children = [Child(name, log_dir, env) for name in SERVICES]
     api_url = f"http://127.0.0.1:{API_PORT}"
     try:
@@ -82,7 +82,8 @@ def run_city(*, per_kind: int, interval_s: float, console: Console) -> None:
                 f"metrics       {api_url}/metrics  http://127.0.0.1:{GATEWAY_METRICS_PORT}/metrics  "
                 f"http://127.0.0.1:{STREAM_METRICS_PORT}/metrics\n"
                 f"logs          {log_dir}/\n"
-                f"city          {per_kind * 4} devices, a reading each every {interval_s:g} s\n"
+                f"city          {scenario or 'the demo scenario'}; ground truth in "
+                f"{stack.settings.state_dir / 'ground_truth.jsonl'}\n"
                 "Ctrl-C stops everything this command started.",
                 title="cityops is running",
             )

@@ -1,22 +1,26 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic_settings import SettingsConfigDict
 
 from cityops.settings import CommonSettings
 
+SCENARIOS = Path(__file__).parent / "scenarios"
+
 
 class SimSettings(CommonSettings):
-    """Simulator settings: ``CITYOPS_SIM_<NAME>`` (shared ones: ``CITYOPS_<NAME>``)."""
+    """Simulator settings: ``CITYOPS_SIM_<NAME>`` (shared ones: ``CITYOPS_<NAME>``).
+
+    What the city is and does lives in the scenario file; these are how to run it.
+    """
 
     model_config = SettingsConfigDict(env_prefix="CITYOPS_SIM_")
 
-    per_kind: int = 4
-    interval_s: float = 1.0
-    # 0: run until stopped.
-    duration_s: float = 0.0
-    seed: int = 7
-    # Spikes injected at random, per device and hour, so a demo shows alerts.
-    spikes_per_device_hour: float = 30.0
-    # City extent (south, west, north, east); the default is a 6 x 6 km box.
-    extent: tuple[float, float, float, float] = (52.34, 4.85, 52.39, 4.94)
-    id_prefix: str = ""
+    scenario: Path = SCENARIOS / "demo.toml"
+    # How often the simulated clock advances and due readings are generated.
+    tick_s: float = 0.1
+    # At the end of a run, how long to wait for buffered readings to be acknowledged.
+    drain_timeout_s: float = 30.0
+    # While catching up with real time, pause generating when this many readings wait to be sent.
+    max_buffered: int = 200_000

@@ -1,180 +1,380 @@
-"""Simulated field devices publishing over authenticated MQTT, one connection per device, QoS 1."""
+"""The simulator: the engine's readings put on MQTT as field hardware would, with ground truth.
+
+Two modes (the scenario's ``mode``):
+
+* ``realistic``: every device keeps its own MQTT session with its own credentials, and its
+  own offline buffer and sequence counter (:mod:`firmware_sim.links`).
+* ``concentrator``: one session per concentrator publishes SenML packs for up to
+  ``devices_per_concentrator`` devices, as street-lighting segment controllers and LoRaWAN
+  network servers do; each reading still carries its device's name and sequence number.
+
+The simulated clock runs at the scenario's ``speed`` from its ``start`` until it catches up
+with real time, then in real time: ``start = "-6h"`` with ``speed = 600`` replays six hours
+in 36 s and goes on live. Readings carry their simulated sample time.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from pathlib import Path
 
-import aiomqtt
-import msgspec
+import numpy as np
 
 from cityops import log
-from cityops.contracts import DeviceKind, mqtt_readings_topic
+from cityops.contracts import (
+    DeviceKind,
+    GroundTruth,
+    PayloadFormat,
+    TruthCategory,
+    mqtt_concentrator_topic,
+    mqtt_readings_topic,
+    now_us,
+    senml_records,
+    to_datetime,
+    to_us,
+)
 from cityops.lifecycle import AsyncService
-from cityops.registry import Device, device_password
+from cityops.registry import device_password
+from firmware_sim import noise
+from firmware_sim.city import City, build_city
+from firmware_sim.engine import Batch, Simulation
+from firmware_sim.links import Link, LinkConfig, Outgoing, Stats
+from firmware_sim.payloads import device_payload, pack_payload
+from firmware_sim.scenario import PlatformFault, Scenario
 from firmware_sim.settings import SimSettings
-from firmware_sim.signals import SIGNALS, spike_value
+from firmware_sim.truth import TruthSink
 
 _log = log.get("sim")
 
-
-@dataclass(frozen=True)
-class Spike:
-    """Ground truth: ``metric`` of ``device_id`` jumps far off its signal at sequence ``seq``."""
-
-    device_id: str
-    metric: str
-    seq: int
+# Larger than any gateway's default limit (64 KiB).
+OVERSIZED_BYTES = 70 * 1024
 
 
 @dataclass
-class Published:
-    """What was sent (and acknowledged by the broker): per device, seq -> (device ts, publish time)."""
-
-    sent: int = 0
-    acked: int = 0
-    # Metric values acknowledged by the broker: the rows the pipeline must store.
-    rows: int = 0
-    by_device: dict[str, dict[int, tuple[datetime, datetime]]] = field(default_factory=dict)
-    spikes: list[Spike] = field(default_factory=list)
-
-
-class _Payload(msgspec.Struct):
-    seq: int
-    ts: str
-    metrics: dict[str, float]
-
-
-_encoder = msgspec.json.Encoder()
-
-
-class SimDevice:
-    """One device: its own credentials, MQTT session and sequence counter."""
-
-    def __init__(self, device: Device, settings: SimSettings, rng: random.Random) -> None:
-        self.device = device
-        self.topic = mqtt_readings_topic(device.kind, device.device_id)
-        self.seq = 0
-        self._rng = rng
-        self._settings = settings
-        self.client: aiomqtt.Client | None = None
-
-    async def start(self, *, attempts: int = 6) -> None:
-        """Connect, retrying with exponential backoff and jitter: a device provisioned a moment
-        ago may be refused until the broker has reloaded its password file."""
-        for attempt in range(attempts):
-            try:
-                await self._connect()
-                return
-            except aiomqtt.MqttError:
-                await self.stop()
-                if attempt == attempts - 1:
-                    raise
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt) * (0.5 + self._rng.random()))
-
-    async def _connect(self) -> None:
-        s = self._settings
-        self.client = aiomqtt.Client(
-            s.mqtt_host,
-            s.mqtt_port,
-            username=self.device.device_id,
-            password=device_password(s.fleet_secret, self.device.device_id),
-            identifier=f"dev-{self.device.device_id}",
-            clean_session=False,
-        )
-        await self.client.__aenter__()
-
-    async def stop(self) -> None:
-        if self.client is not None:
-            try:
-                await self.client.__aexit__(None, None, None)
-            except aiomqtt.MqttError:
-                pass
-            self.client = None
-
-    def sample(self, moment: datetime, spike_metric: str | None = None) -> dict[str, float]:
-        signals = SIGNALS[DeviceKind(self.device.kind)]
-        values = {name: sig.value(moment, self._rng) for name, sig in signals.items()}
-        if spike_metric is not None:
-            values[spike_metric] = spike_value(signals[spike_metric], moment, self._rng)
-        if self.device.kind == DeviceKind.LAMP_POLE:
-            lit = moment.hour >= 17 or moment.hour < 7
-            values["lamp_on"] = 1.0 if lit else 0.0
-            values["dim_level"] = 100.0 if lit else 0.0
-        return {k: round(v, 4) for k, v in values.items()}
-
-    async def publish(self, moment: datetime, spike_metric: str | None = None) -> tuple[int, int]:
-        """Publish the next reading; returns (seq, number of metrics) once the broker acknowledged it."""
-        assert self.client is not None, "start() first"
-        seq = self.seq
-        self.seq += 1
-        body = _Payload(
-            seq=seq, ts=moment.isoformat(timespec="microseconds"), metrics=self.sample(moment, spike_metric)
-        )
-        await self.client.publish(self.topic, _encoder.encode(body), qos=1)
-        return seq, len(body.metrics)
+class _DeviceOut:
+    device_id: str
+    topic: str
+    link: Link
+    number: int  # position in the whole fleet: keys platform-fault draws
+    held: Outgoing | None = None  # a reading held back to be sent out of order
 
 
 class Simulator(AsyncService):
     def __init__(
         self,
         settings: SimSettings,
-        devices: list[Device],
+        scenario: Scenario,
         *,
-        spikes: list[Spike] | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        city: City | None = None,
+        clock: Callable[[], int] = now_us,
     ) -> None:
         self.settings = settings
-        rng = random.Random(settings.seed)
-        self.devices = [SimDevice(d, settings, random.Random(rng.random())) for d in devices]
-        self._rng = rng
-        self._planned = {(s.device_id, s.seq): s.metric for s in spikes or []}
+        self.scenario = scenario
+        self.city = city
         self._clock = clock
-        self.published = Published()
+        self.stats = Stats()
+        self.sim: Simulation | None = None
+        self.truth: TruthSink | None = None
+        self.links: list[Link] = []
+        self._out: dict[DeviceKind, list[_DeviceOut]] = {}
+        self._concentrator_of: dict[DeviceKind, np.ndarray] = {}
+        self._wall_start = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        async with asyncio.TaskGroup() as tasks:  # one failed connection cancels the others
-            for device in self.devices:
-                tasks.create_task(device.start())
-        _log.info("simulator connected", devices=len(self.devices))
+        if self.city is None:
+            # Loading the water network imports WNTR (pandas, scipy): seconds, off the loop.
+            self.city = await asyncio.to_thread(build_city, self.scenario)
+        city = self.city
+        self._wall_start = self._clock()
+        t0 = to_us(self.scenario.start_time(to_datetime(self._wall_start)))
+        self.sim = Simulation(self.scenario, city, t0)
+        truth_file = self._truth_path()
+        self.truth = TruthSink(
+            truth_file,
+            kafka_bootstrap=self.settings.kafka_bootstrap if self.scenario.truth.kafka else None,
+            topic=self.settings.topics.ground_truth,
+        )
+        await self.truth.start()
+        fw = self.scenario.firmware
+        config = LinkConfig(
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            qos=fw.qos,
+            buffer_readings=fw.buffer_readings,
+            backoff_initial_s=fw.backoff_initial_s,
+            backoff_max_s=fw.backoff_max_s,
+        )
+        rng = random.Random(self.scenario.seed)
+        secret = self.settings.fleet_secret
+        self.stats.devices = len(city.devices)
+        if self.scenario.mode == "realistic":
+            number = 0
+            for kind, fleet in city.fleets.items():
+                outs = []
+                for device_id in fleet.ids:
+                    link = Link(
+                        config,
+                        username=device_id,
+                        password=device_password(secret, device_id),
+                        client_id=f"dev-{device_id}",
+                        stats=self.stats,
+                        rng=random.Random(rng.random()),
+                    )
+                    self.links.append(link)
+                    outs.append(_DeviceOut(device_id, mqtt_readings_topic(kind, device_id), link, number))
+                    number += 1
+                self._out[kind] = outs
+        else:
+            by_id: dict[str, Link] = {}
+            concentrator = {d.device_id: d.concentrator for d in city.devices}
+            for kind, fleet in city.fleets.items():
+                positions = []
+                for device_id in fleet.ids:
+                    cid = concentrator[device_id]
+                    assert cid is not None, "a concentrator city is built with concentrated=True"
+                    if cid not in by_id:
+                        by_id[cid] = Link(
+                            config,
+                            username=cid,
+                            password=device_password(secret, cid),
+                            client_id=f"conc-{cid}",
+                            stats=self.stats,
+                            rng=random.Random(rng.random()),
+                        )
+                        self.links.append(by_id[cid])
+                    positions.append(self.links.index(by_id[cid]))
+                self._concentrator_of[kind] = np.array(positions, dtype=np.intp)
+            if self.scenario.platform_rates:
+                _log.warning("platform faults are injected in realistic mode only; ignored")
+        self.stats.links = len(self.links)
+        _log.info(
+            "simulator ready",
+            mode=self.scenario.mode,
+            devices=len(city.devices),
+            links=len(self.links),
+            start=to_datetime(t0).isoformat(),
+            truth=str(truth_file) if truth_file else None,
+        )
+
+    def _truth_path(self) -> Path | None:
+        name = self.scenario.truth.file
+        if not name:
+            return None
+        path = Path(name)
+        return path if path.is_absolute() else self.settings.state_dir / path
 
     async def stop(self) -> None:
-        await asyncio.gather(*(d.stop() for d in self.devices))
+        for link in self.links:
+            await link.stop()
+        if self.truth is not None:
+            await self.truth.stop()
+
+    # --- running ---------------------------------------------------------------------------
+
+    def sim_now(self, wall_us: int) -> int:
+        """The simulated time at wall time ``wall_us``: ``speed`` times faster until it is now."""
+        assert self.sim is not None
+        if self.scenario.speed == 1.0:
+            return min(wall_us, self.sim.t0 + (wall_us - self._wall_start))
+        return min(wall_us, self.sim.t0 + int((wall_us - self._wall_start) * self.scenario.speed))
+
+    async def wait_connected(self, timeout_s: float = 30.0) -> None:
+        """Until every link has connected once (links connect when run() runs)."""
+        async with asyncio.timeout(timeout_s):
+            for link in self.links:
+                await link.wait_connected()
 
     async def run(
         self,
         *,
-        count: int | None = None,
         duration_s: float | None = None,
-        on_tick: Callable[[Published], None] | None = None,
-    ) -> Published:
-        """Every device publishes every ``interval_s`` until ``count`` readings each or ``duration_s``."""
+        until_us: int | None = None,
+        readings_per_device: int | None = None,
+        on_tick: Callable[[Stats], None] | None = None,
+    ) -> Stats:
+        """Publish until ``duration_s`` of wall time, simulated time ``until_us``, ``readings_per_device``
+        samples of the slowest kind, or cancelled.
+
+        Then wait (up to ``drain_timeout_s``) for buffered readings to be acknowledged.
+        """
+        assert self.sim is not None and self.city is not None, "start() first"
+        if readings_per_device is not None:
+            slowest = max(f.interval_s for f in self.city.fleets.values())
+            until_us = self.sim.t0 + round(readings_per_device * slowest * 1e6) - 1
+        if duration_s is None and self.scenario.duration_s > 0:
+            duration_s = self.scenario.duration_s
+        async with asyncio.TaskGroup() as tasks:
+            link_tasks = [tasks.create_task(link.run()) for link in self.links]
+            try:
+                await self._loop(duration_s, until_us, on_tick)
+                await self._drain()
+            finally:
+                for task in link_tasks:
+                    task.cancel()
+        return self.stats
+
+    async def _loop(
+        self, duration_s: float | None, until_us: int | None, on_tick: Callable[[Stats], None] | None
+    ) -> None:
+        assert self.sim is not None and self.truth is not None
+        started = self._clock()
+        tick = self.settings.tick_s
+        while True:
+            wall = self._clock()
+            target = self.sim_now(wall)
+            if until_us is not None:
+                target = min(target, until_us)
+            catching_up = target < wall - 1_000_000
+            self._refresh_buffered()
+            if not (catching_up and self.stats.buffered > self.settings.max_buffered):
+                await self._emit(target)
+            if on_tick is not None:
+                on_tick(self.stats)
+            if until_us is not None and self.sim.cursor >= until_us:
+                return
+            if duration_s is not None and wall - started >= duration_s * 1e6:
+                return
+            # Let the links publish; when catching up, only yield.
+            await asyncio.sleep(0 if catching_up and self.stats.buffered < self.settings.max_buffered else tick)
+
+    async def _emit(self, target: int) -> None:
+        assert self.sim is not None and self.truth is not None
+        advance = self.sim.advance(target)
+        truths = list(advance.started)
+        for batch in advance.batches:
+            if self.scenario.mode == "realistic":
+                truths += self._route_devices(batch)
+            else:
+                self._route_packs(batch)
+        for t in truths:
+            self.stats.injected[t.category.value] = self.stats.injected.get(t.category.value, 0) + 1
+        await self.truth.emit(truths)
+
+    async def _drain(self) -> None:
+        for out in self._out.values():
+            for dev in out:
+                if dev.held is not None:
+                    dev.link.submit(dev.held)
+                    dev.held = None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + duration_s if duration_s else None
-        spike_p = self.settings.spikes_per_device_hour * self.settings.interval_s / 3600
+        deadline = loop.time() + self.settings.drain_timeout_s
+        while any(link.outbox for link in self.links) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        self._refresh_buffered()
 
-        async def device_loop(dev: SimDevice) -> None:
-            log_ = self.published.by_device.setdefault(dev.device.device_id, {})
-            next_at = loop.time()
-            while (count is None or dev.seq < count) and (deadline is None or loop.time() < deadline):
-                moment = self._clock()
-                metric = self._planned.get((dev.device.device_id, dev.seq))
-                if metric is None and spike_p > 0 and self._rng.random() < spike_p:
-                    metric = self._rng.choice(sorted(SIGNALS[DeviceKind(dev.device.kind)]))
-                if metric is not None:
-                    self.published.spikes.append(Spike(dev.device.device_id, metric, dev.seq))
-                self.published.sent += 1
-                seq, n_metrics = await dev.publish(moment, metric)
-                log_[seq] = (moment, self._clock())
-                self.published.acked += 1
-                self.published.rows += n_metrics
-                if on_tick is not None:
-                    on_tick(self.published)
-                next_at += self.settings.interval_s
-                await asyncio.sleep(max(0.0, next_at - loop.time()))
+    def _refresh_buffered(self) -> None:
+        self.stats.buffered = sum(link.buffered for link in self.links)
 
-        await asyncio.gather(*(device_loop(d) for d in self.devices))
-        return self.published
+    # --- one device, one session -----------------------------------------------------------
+
+    def _route_devices(self, batch: Batch) -> list[GroundTruth]:
+        fleet = batch.fleet
+        kind = fleet.kind
+        outs = self._out[kind]
+        names = batch.metrics
+        rows = np.round(batch.values, 4).tolist()
+        seqs = batch.seq.tolist()
+        stamps = batch.ts_us.tolist()
+        faults = self._platform_draws(batch)
+        truths: list[GroundTruth] = []
+        for i, d in enumerate(batch.idx.tolist()):
+            metrics = {n: v for n, v in zip(names, rows[i], strict=True) if v == v}  # NaN: no value
+            if not metrics:
+                continue
+            dev = outs[d]
+            seq, ts = seqs[i], stamps[i]
+            payload = device_payload(fleet.format, kind, seq, ts, metrics)
+            item = Outgoing(dev.topic, payload, 1, len(metrics))
+            self.stats.sent += 1
+            chosen = [f for f, mask in faults.items() if mask[i]]
+            if PlatformFault.OUT_OF_ORDER in chosen and dev.held is None:
+                dev.held = item
+            else:
+                dev.link.submit(item)
+                if dev.held is not None:
+                    dev.link.submit(dev.held)
+                    dev.held = None
+            for fault in chosen:
+                extra = self._fault_message(fault, dev, outs, item)
+                if extra is not None:
+                    dev.link.submit(extra)
+                    self.stats.platform_faults += 1
+                truths.append(
+                    GroundTruth(
+                        event_id=f"pf-{dev.device_id}-{seq}-{fault.value}",
+                        kind=fault.value,
+                        category=TruthCategory.PLATFORM,
+                        device_ids=[dev.device_id],
+                        metrics=[],
+                        start_us=ts,
+                        end_us=ts + 1,
+                        note=f"seq {seq}",
+                    )
+                )
+        return truths
+
+    def _platform_draws(self, batch: Batch) -> dict[PlatformFault, np.ndarray]:
+        rates = self.scenario.platform_rates
+        if not rates:
+            return {}
+        outs = self._out[batch.fleet.kind]
+        numbers = np.array([outs[d].number for d in batch.idx.tolist()], dtype=np.int64)
+        p_per_reading = batch.fleet.interval_s / 3600.0
+        return {
+            fault: noise.uniform(self.scenario.seed, noise.stream_id("platform", fault), numbers, batch.seq)
+            < rate * p_per_reading
+            for fault, rate in rates.items()
+            if rate > 0
+        }
+
+    @staticmethod
+    def _fault_message(
+        fault: PlatformFault, dev: _DeviceOut, outs: list[_DeviceOut], item: Outgoing
+    ) -> Outgoing | None:
+        match fault:
+            case PlatformFault.MALFORMED:
+                return Outgoing(dev.topic, item.payload[: max(1, len(item.payload) // 2)], 0)
+            case PlatformFault.OVERSIZED:
+                return Outgoing(dev.topic, b'{"pad": "' + b"x" * OVERSIZED_BYTES + b'"}', 0)
+            case PlatformFault.DUPLICATE:
+                return Outgoing(dev.topic, item.payload, 0)
+            case PlatformFault.WRONG_TOPIC:
+                other = outs[(outs.index(dev) + 1) % len(outs)]
+                return Outgoing(other.topic, item.payload, 0) if other is not dev else None
+            case PlatformFault.OUT_OF_ORDER:
+                return None  # held back above
+        return None
+
+    # --- concentrators ---------------------------------------------------------------------
+
+    def _route_packs(self, batch: Batch) -> None:
+        fleet = batch.fleet
+        conc = self._concentrator_of[fleet.kind][batch.idx]
+        order = np.argsort(conc, kind="stable")  # per concentrator, still in time order
+        names = batch.metrics
+        rows = np.round(batch.values, 4)[order].tolist()
+        idx = batch.idx[order].tolist()
+        seqs = batch.seq[order].tolist()
+        stamps = batch.ts_us[order].tolist()
+        owners = conc[order].tolist()
+        per_pack = self.scenario.concentrator.pack_readings
+        fmt: PayloadFormat = self.scenario.concentrator.format
+        records: list[dict[str, object]] = []
+        count = values = 0
+        for i, owner in enumerate(owners):
+            metrics = {n: v for n, v in zip(names, rows[i], strict=True) if v == v}
+            if metrics:
+                records += senml_records(fleet.kind, fleet.ids[idx[i]], seqs[i], stamps[i], metrics)
+                count += 1
+                values += len(metrics)
+            last = i + 1 == len(owners) or owners[i + 1] != owner
+            if records and (count >= per_pack or last):
+                link = self.links[owner]
+                link.submit(Outgoing(mqtt_concentrator_topic(link.username), pack_payload(fmt, records), count, values))
+                self.stats.sent += count
+                records, count, values = [], 0, 0

@@ -20,6 +20,7 @@ from cityops.contracts import MQTT_READINGS_FILTER, DeadLetter, encode, now_us
 from cityops.kafka import make_producer
 from cityops.lifecycle import AsyncService
 from cityops.metrics import MetricsServer
+from cityops.registry import RegistryFile
 from gateway import metrics
 from gateway.errors import GatewayError, PayloadError
 from gateway.sequence import SequenceTracker
@@ -43,6 +44,8 @@ class Gateway(AsyncService):
         self._mqtt: aiomqtt.Client | None = None
         self._metrics: MetricsServer | None = None
         self._sequences = SequenceTracker()
+        # Concentrators speak for devices; the registry says which.
+        self._registry = RegistryFile(settings.state_dir / "devices.json")
         self._acks: asyncio.Queue[Ack] = asyncio.Queue(maxsize=settings.max_in_flight)
 
     async def start(self) -> None:
@@ -108,14 +111,13 @@ class Gateway(AsyncService):
         sends: list[asyncio.Future[object]] = []
         device_ts = now
         try:
-            outcome = validate(topic, payload, now_us=now, limits=self._limits)
+            outcome = validate(topic, payload, now_us=now, limits=self._limits, devices=self._registry.get)
         except PayloadError as exc:
             sends.append(await self._dead_letter(exc.reason, topic, payload, now))
             metrics.DEAD_LETTERS.labels("message").inc()
         else:
-            if outcome.reading is not None:
-                r = outcome.reading
-                device_ts = r.ts_us
+            for r in outcome.readings:
+                device_ts = min(device_ts, r.ts_us)
                 event, missing = self._sequences.observe(r.device_id, r.seq)
                 metrics.SEQUENCE_EVENTS.labels(event.value).inc()
                 if missing:
@@ -123,7 +125,7 @@ class Gateway(AsyncService):
                 sends.append(await self._producer.send(self._topics.readings, encode(r), key=r.device_id.encode()))
                 metrics.READINGS_OUT.inc()
             if outcome.rejected:
-                reason = "rejected metrics: " + "; ".join(outcome.rejected)
+                reason = "rejected: " + "; ".join(outcome.rejected)
                 sends.append(await self._dead_letter(reason, topic, payload, now))
                 metrics.DEAD_LETTERS.labels("metric").inc()
         await self._acks.put((message.mid, message.qos, sends, device_ts))

@@ -15,7 +15,8 @@ from cityops.contracts import Topics
 from cityops.kafka import ensure_topics
 from cityops.registry import Device
 from cityops.stack import Stack, StackSettings
-from firmware_sim import small_city
+from firmware_sim import City, build_city
+from tests.helpers import small_scenario
 
 
 @pytest.fixture(scope="session")
@@ -59,9 +60,14 @@ async def topics(stack: Stack, uid: str) -> AsyncIterator[Topics]:
 
 
 @pytest.fixture
-def fleet(stack: Stack, uid: str) -> Iterator[list[Device]]:
-    """Two devices of each kind, registered with the broker (password + ACL), revoked afterwards."""
-    devices = small_city(2, seed=1, extent=(52.34, 4.85, 52.39, 4.94), prefix=f"t{uid}-")
-    stack.register(devices)
-    yield devices
-    stack.unregister([d.device_id for d in devices])
+def city(stack: Stack, uid: str) -> Iterator[City]:
+    """A city of two devices of each kind, registered with the broker (password + ACL), revoked afterwards."""
+    built = build_city(small_scenario(uid))
+    stack.register(built.devices)
+    yield built
+    stack.unregister([d.device_id for d in built.devices])
+
+
+@pytest.fixture
+def fleet(city: City) -> list[Device]:
+    return city.devices

@@ -8,7 +8,20 @@ from collections.abc import Awaitable, Callable
 import psycopg
 from aiokafka import AIOKafkaConsumer
 
-from cityops.contracts import Alert
+from cityops.contracts import Alert, DeviceKind
+from firmware_sim.scenario import CityConfig, DeviceClass, Scenario, Truth
+
+
+def small_scenario(uid: str, *, per_kind: int = 2, interval_s: float = 10.0, **fields: object) -> Scenario:
+    """A quiet city of ``per_kind`` devices of each kind, ids prefixed per test, starting now."""
+    base: dict[str, object] = {
+        "seed": 1,
+        "start": "now",
+        "city": CityConfig(id_prefix=f"t{uid}-"),
+        "devices": {k: DeviceClass(count=per_kind, interval_s=interval_s) for k in DeviceKind},
+        "truth": Truth(file="", kafka=False),
+    }
+    return Scenario.model_validate({**base, **fields})
 
 
 async def eventually(check: Callable[[], Awaitable[object]], *, timeout: float = 30.0, interval: float = 0.2) -> None:

@@ -15,17 +15,18 @@ import pytest
 import websockets
 
 from cityops import contracts, schema
-from cityops.contracts import Topics, mqtt_readings_topic
+from cityops.contracts import GroundTruth, Topics, mqtt_readings_topic
 from cityops.registry import Device, device_password
 from cityops.stack import Stack
-from firmware_sim import SimSettings, Simulator, Spike
+from firmware_sim import EventKind, Scheduled, SimSettings, Simulator
 from gateway import Gateway, GatewaySettings
 from ioc import ApiServer, IocSettings
 from stream import StreamService, StreamSettings
-from tests.helpers import count_rows, eventually, read_topic
+from tests.helpers import count_rows, eventually, read_topic, small_scenario
 
 PER_DEVICE = 60
 SPIKE_SEQ = 45
+INTERVAL_S = 0.02
 
 
 @pytest.mark.slow
@@ -34,8 +35,12 @@ async def test_reading_to_websocket_alert(
 ) -> None:
     common = {"topic_prefix": topics.prefix, "pg_dsn": database}
     pipe = next(d for d in fleet if d.kind == "pipe_node")
-    spike = Spike(pipe.device_id, "pressure_kpa", SPIKE_SEQ)
-    sim = Simulator(SimSettings(interval_s=0.02, spikes_per_device_hour=0, seed=11), fleet, spikes=[spike])
+    # A spike in the pipe node's pressure at its 45th reading, after the detector's warm-up.
+    spike = Scheduled(
+        kind=EventKind.SPIKE, at_s=SPIKE_SEQ * INTERVAL_S, target=pipe.device_id, metric="pressure_kpa", magnitude=40
+    )
+    scenario = small_scenario(uid, interval_s=INTERVAL_S, incidents=[spike])
+    sim = Simulator(SimSettings(**common, tick_s=0.005), scenario)
 
     async with (
         StreamService(StreamSettings(**common, group_id=f"stream-{uid}", metrics_port=0)) as stream,
@@ -59,7 +64,9 @@ async def test_reading_to_websocket_alert(
 
             listener = tasks.create_task(listen())
             async with sim:
-                published = await sim.run(count=PER_DEVICE)
+                published = await sim.run(readings_per_device=PER_DEVICE)
+                assert sim.truth is not None
+                (truth,) = [t for t in sim.truth.events if t.kind == "spike"]
             # A malformed payload from an authenticated device goes to the dead-letter topic.
             async with aiomqtt.Client(
                 stack.settings.mqtt_host,
@@ -70,8 +77,8 @@ async def test_reading_to_websocket_alert(
                 await c.publish(mqtt_readings_topic(pipe.kind, pipe.device_id), b"\x00 not json", qos=1)
 
             assert published.acked == PER_DEVICE * len(fleet)
-            await eventually(lambda: _spike_seen(received, spike), timeout=30)
-            await eventually(lambda: _equals(count_rows(database), published.rows), timeout=30)
+            await eventually(lambda: _spike_seen(received, truth), timeout=30)
+            await eventually(lambda: _equals(count_rows(database), published.values_acked), timeout=30)
             listener.cancel()
             scraped = {
                 name: _scrape(port)
@@ -82,7 +89,7 @@ async def test_reading_to_websocket_alert(
         for task in services:
             task.cancel()
 
-    assert await count_rows(database) == published.rows  # exactly: nothing lost, nothing doubled
+    assert await count_rows(database) == published.values_acked  # exactly: nothing lost, nothing doubled
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cur = await conn.execute("SELECT count(DISTINCT (device_id, seq)) FROM readings")
         assert (await cur.fetchone()) == (PER_DEVICE * len(fleet),)
@@ -93,10 +100,11 @@ async def test_reading_to_websocket_alert(
     assert [(x.device_id, x.payload) for x in letters] == [(pipe.device_id, b"\x00 not json")]
     assert letters[0].reason.startswith("invalid payload")
 
-    arrival, event = next((t, e) for t, e in received if _is_spike(e, spike))
-    device_ts, _ = published.by_device[pipe.device_id][SPIKE_SEQ]
-    latency_ms = (arrival - device_ts.timestamp()) * 1000
-    print(f"\npublish-to-WebSocket latency: {latency_ms:.1f} ms (rows {published.rows}, messages {published.acked})")
+    arrival, event = next((t, e) for t, e in received if _is_spike(e, truth))
+    latency_ms = (arrival - truth.start_us / 1e6) * 1000
+    print(
+        f"\nsample-to-WebSocket latency: {latency_ms:.1f} ms (rows {published.values_acked}, messages {published.acked})"
+    )
     assert event["alert"]["value"] > event["alert"]["baseline"]  # type: ignore[index]
     assert latency_ms < 30_000
 
@@ -106,7 +114,7 @@ async def test_reading_to_websocket_alert(
     assert _sample(gw, "cityops_gateway_dead_letters_total") >= 1
     assert _sample(gw, "cityops_gateway_latency_seconds_count") >= published.acked
     assert 'cityops_gateway_sequence_events_total{event="next"}' in gw
-    assert _sample(st, "cityops_stream_rows_stored_total") >= published.rows
+    assert _sample(st, "cityops_stream_rows_stored_total") >= published.values_acked
     assert _sample(st, "cityops_stream_batch_messages_count") >= 1
     assert _sample(st, "cityops_stream_alerts_out_total") >= 1
     assert "cityops_stream_consumer_lag" in st and "cityops_stream_latency_seconds_bucket" in st
@@ -131,17 +139,17 @@ def _sample(text: str, name: str) -> float:
     return sum(values)
 
 
-def _is_spike(event: dict[str, object], spike: Spike) -> bool:
+def _is_spike(event: dict[str, object], spike: GroundTruth) -> bool:
     alert = event.get("alert")
     return (
         isinstance(alert, dict)
-        and alert["device_id"] == spike.device_id
-        and alert["metric"] == spike.metric
-        and alert["seq"] == spike.seq
+        and alert["device_id"] in spike.device_ids
+        and alert["metric"] in spike.metrics
+        and spike.start_us <= alert["ts_us"] < spike.end_us
     )
 
 
-async def _spike_seen(received: list[tuple[float, dict[str, object]]], spike: Spike) -> bool:
+async def _spike_seen(received: list[tuple[float, dict[str, object]]], spike: GroundTruth) -> bool:
     return any(_is_spike(e, spike) for _, e in received)
 
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic_settings import SettingsConfigDict
 
 from cityops import registry
+from cityops.errors import StackError
 from cityops.kafka import ensure_topics
 from cityops.settings import KAFKA_CONTROLLER_PORT, CommonSettings
 from cityops.stack.kafka import Kafka
@@ -107,6 +108,12 @@ class Stack:
         merged = registry.merge(registry.load(self.registry_path), devices)
         registry.save(self.registry_path, merged)
         self.provision_mqtt(merged)
+        # The broker reloads on SIGHUP in its own time: wait until it knows the newcomers.
+        accounts = [d.device_id for d in devices if d.concentrator is None] + registry.concentrators(devices)
+        if accounts and self.mosquitto.daemon.pid() is not None:
+            name = accounts[-1]
+            if not self.mosquitto.wait_accepts(name, registry.device_password(self.settings.fleet_secret, name)):
+                raise StackError(f"the broker did not accept {name!r} after reloading its password file")
         return merged
 
     def unregister(self, device_ids: list[str]) -> None:

@@ -8,8 +8,8 @@ import shutil
 import signal
 from pathlib import Path
 
-from cityops.contracts import MQTT_READINGS_FILTER, mqtt_readings_topic
-from cityops.registry import Device, device_password
+from cityops.contracts import MQTT_READINGS_FILTER, mqtt_concentrator_topic, mqtt_readings_topic
+from cityops.registry import Device, concentrators, device_password
 from cityops.stack.process import Daemon, run, wait_for_port
 
 BROKER_USER = "mosquitto"
@@ -67,11 +67,17 @@ def write_credentials(
     container to hash with ``mosquitto_passwd -U`` before it starts.
     """
     directory.mkdir(parents=True, exist_ok=True)
+    # Devices behind a concentrator have no account: the concentrator speaks for them.
+    direct = [d for d in devices if d.concentrator is None]
+    gateways = concentrators(devices)
     lines = [f"{gateway_user}:{gateway_password}"]
-    lines += [f"{d.device_id}:{device_password(fleet_secret, d.device_id)}" for d in devices]
+    lines += [f"{d.device_id}:{device_password(fleet_secret, d.device_id)}" for d in direct]
+    lines += [f"{c}:{device_password(fleet_secret, c)}" for c in gateways]
     acl = [f"user {gateway_user}", f"topic read {MQTT_READINGS_FILTER}", ""]
-    for d in devices:
+    for d in direct:
         acl += [f"user {d.device_id}", f"topic write {mqtt_readings_topic(d.kind, d.device_id)}", ""]
+    for c in gateways:
+        acl += [f"user {c}", f"topic write {mqtt_concentrator_topic(c)}", ""]
     tmp_pw = directory / "passwd.new"
     tmp_pw.write_text("\n".join(lines) + "\n")
     tmp_pw.chmod(0o600)
@@ -153,3 +159,38 @@ class Mosquitto:
 
     def stop(self) -> bool:
         return self.daemon.stop()
+
+    def wait_accepts(self, username: str, password: str, *, timeout: float = 10.0) -> bool:
+        """Until the running broker accepts these credentials (a reload is asynchronous).
+
+        Mosquitto folds a SIGHUP that arrives during a reload into that reload, which may
+        have read the files already: so every second without success, signal again.
+        """
+        import time
+
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        deadline = time.monotonic() + timeout
+        signalled = time.monotonic()
+        while time.monotonic() < deadline:
+            if time.monotonic() - signalled > 1.0:
+                self.reload()
+                signalled = time.monotonic()
+            result: list[bool] = []
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{username}")
+            client.username_pw_set(username, password)
+            client.on_connect = lambda _c, _u, _f, rc, _p, out=result: out.append(not rc.is_failure)
+            try:
+                client.connect(self.host, self.port, keepalive=5)
+                until = time.monotonic() + 2.0
+                while not result and time.monotonic() < until:
+                    client.loop(0.05)
+            except OSError:
+                pass
+            finally:
+                client.disconnect()
+            if result and result[0]:
+                return True
+            time.sleep(0.1)
+        return False

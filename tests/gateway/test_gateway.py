@@ -71,7 +71,7 @@ async def test_valid_partial_and_malformed_messages(
     reasons = sorted(letter.reason for letter in letters)
     assert len(letters) == 2
     assert reasons[0].startswith("invalid payload: ")
-    assert reasons[1].startswith("rejected metrics: flow_m3h")
+    assert reasons[1].startswith("rejected: flow_m3h")
     assert all(letter.device_id == pipe.device_id for letter in letters)
     assert b'"yesterday"' in next(x.payload for x in letters if x.reason.startswith("invalid"))
 

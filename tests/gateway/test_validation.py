@@ -49,7 +49,8 @@ def test_message_with_only_invalid_metrics_forwards_nothing() -> None:
     ("data", "topic", "reason"),
     [
         (b"{not json", TOPIC, "invalid payload"),
-        (b"[1, 2]", TOPIC, "invalid payload"),
+        (b"[1, 2]", TOPIC, "invalid SenML"),
+        (b"\x00 not json", TOPIC, "neither a JSON object nor a SenML array"),
         (payload(seq=-1), TOPIC, "invalid payload"),
         (payload(seq="7"), TOPIC, "invalid payload"),
         (payload(ts="2026-11-21T12:00:00"), TOPIC, "invalid payload"),  # naive time

@@ -15,7 +15,7 @@ from firmware_sim import SimSettings, Simulator
 from gateway import Gateway, GatewaySettings
 from stream import StreamService, StreamSettings
 from stream.metrics import ROWS_DUPLICATE
-from tests.helpers import count_rows, eventually
+from tests.helpers import count_rows, eventually, small_scenario
 
 PER_DEVICE = 150
 
@@ -27,7 +27,7 @@ async def test_stream_restart_mid_run_keeps_exactly_n_rows(
 ) -> None:
     common = {"topic_prefix": topics.prefix, "pg_dsn": database}
     stream_settings = StreamSettings(**common, group_id=f"stream-{uid}", metrics_port=0, max_batch=200)
-    sim = Simulator(SimSettings(interval_s=0.01, spikes_per_device_hour=0, seed=5), fleet)
+    sim = Simulator(SimSettings(**common, tick_s=0.01), small_scenario(uid, interval_s=0.01, seed=5))
 
     async with (
         Gateway(
@@ -37,7 +37,7 @@ async def test_stream_restart_mid_run_keeps_exactly_n_rows(
     ):
         gateway_task = tasks.create_task(gateway.run())
         async with sim:
-            producing = tasks.create_task(sim.run(count=PER_DEVICE))
+            producing = tasks.create_task(sim.run(readings_per_device=PER_DEVICE))
 
             first = StreamService(stream_settings)
             async with first:
@@ -54,7 +54,7 @@ async def test_stream_restart_mid_run_keeps_exactly_n_rows(
             stopped_at = await count_rows(database)
 
             published = await producing
-        total = published.rows
+        total = published.values_acked
         assert stopped_at < total, "the stream must be stopped before everything arrived"
 
         duplicates_before = ROWS_DUPLICATE._value.get()
