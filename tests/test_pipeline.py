@@ -102,9 +102,8 @@ async def test_reading_to_websocket_alert(
 
     arrival, event = next((t, e) for t, e in received if _is_spike(e, truth))
     latency_ms = (arrival - truth.start_us / 1e6) * 1000
-    print(
-        f"\nsample-to-WebSocket latency: {latency_ms:.1f} ms (rows {published.values_acked}, messages {published.acked})"
-    )
+    rows, messages = published.values_acked, published.acked
+    print(f"\nsample-to-WebSocket latency: {latency_ms:.1f} ms (rows {rows}, messages {messages})")
     assert event["alert"]["value"] > event["alert"]["baseline"]  # type: ignore[index]
     assert latency_ms < 30_000
 
