@@ -265,6 +265,11 @@ def _device_index(ids: list[str], index: dict[str, int], target: str, rng: np.ra
     return index[target]
 
 
+# What a pipe node's sensors can tell from noise: kPa, and a fraction of the flow (+1 m3/h).
+FELT_KPA = 2.0
+FELT_FLOW = 0.05
+
+
 def _hydraulics(city: City, scenario: Scenario, events: list[Event], start: int, end: int) -> HydraulicRun:
     """Run the network for the epoch with its leaks and bursts; record which nodes felt them."""
     from firmware_sim.signals import local_hours
@@ -277,27 +282,46 @@ def _hydraulics(city: City, scenario: Scenario, events: list[Event], start: int,
     day_offset = float(local_hours(np.array([start], dtype=np.int64), city.lon)[0]) * 3600.0
     leaks = []
     hydraulic = [e for e in events if e.kind in (EventKind.PIPE_LEAK, EventKind.PIPE_BURST)]
+    steps = int(horizon // step)
     for ev in hydraulic:
         i = int(ev.targets[P][0])
         junction = network.junctions[int(fleet.props["junction"][i])]
-        s, e = (ev.start_us - start) / 1e6, (ev.end_us - start) / 1e6
+        # Readings interpolate between solver steps, so an outflow that starts at step S shows
+        # from step S - 1 on: start on the grid, one step after the requested time.
+        first = min(steps, int(-(-(ev.start_us - start) // int(step * 1e6))) + 1)
+        s, e = first * step, max(first * step + step, (ev.end_us - start) / 1e6)
         ramp = (e - s) * 0.8 if ev.kind is EventKind.PIPE_LEAK else 0.0
         leaks.append(Leak(junction, s, e, ev.magnitude, ramp))
         ev.note = f"junction {junction}, {ev.magnitude:g} L/s"
+        ev.start_us = start + int((s - step) * 1e6)
     run = network.simulate(horizon_s=horizon, step_s=step, day_offset_s=day_offset, leaks=leaks)
     if hydraulic:
-        # Who saw it: every pipe node whose pressure or flow moved beyond its sensor noise
-        # at the leak's peak, compared with the same epoch without it.
+        # What each one did: the network with it alone against the network without any. The
+        # truth names every pipe node whose pressure or flow moved beyond its sensor noise
+        # while the water ran out. It does not cover the recovery afterwards: tanks refill for
+        # hours and level-controlled pumps switch at shifted times, which is normal operation.
         base = network.simulate(horizon_s=horizon, step_s=step, day_offset_s=day_offset, leaks=[])
         nodes = fleet.props["junction"].astype(np.intp)
         pipe = fleet.props["pipe"].astype(np.intp)
         for ev, leak in zip(hydraulic, leaks, strict=True):
-            peak = int(min(run.pressure_kpa.shape[0] - 1, (leak.end_s - 1) // step))
-            dp = np.abs(run.pressure_kpa[peak, nodes] - base.pressure_kpa[peak, nodes])
-            dq = np.abs(run.flow_m3h[peak, pipe] - base.flow_m3h[peak, pipe])
-            seen = (dp > 2.0) | (dq > 0.05 * np.abs(base.flow_m3h[peak, pipe]) + 1.0)
+            alone = (
+                run
+                if len(leaks) == 1
+                else network.simulate(horizon_s=horizon, step_s=step, day_offset_s=day_offset, leaks=[leak])
+            )
+            dp = np.abs(alone.pressure_kpa[:, nodes] - base.pressure_kpa[:, nodes])
+            q = base.flow_m3h[:, pipe]
+            dq = np.abs(alone.flow_m3h[:, pipe] - q)
+            felt = (dp > FELT_KPA) | (dq > FELT_FLOW * np.abs(q) + 1.0)
+            # Interpolation carries the last step's outflow into the next step.
+            last = min(len(felt), int(leak.end_s // step) + 1)
+            seen = felt[: last + 1].any(axis=0)
             seen[ev.targets[P]] = True
             ev.targets[P] = np.flatnonzero(seen)
+            ev.end_us = min(end, start + int(last * step * 1e6))
+            moved = np.flatnonzero(felt.any(axis=1))
+            if len(moved) and moved[-1] > last:
+                ev.note += f"; the network settles {(moved[-1] - last) * step / 60:.0f} min after"
             ev.effect = False  # already in the hydraulics
     return run
 

@@ -173,7 +173,9 @@ class Signals:
         on, dim = self.lamp_schedule(t_us)
         rated = fleet.props["rated_w"][idx]
         cabinet = fleet.group[idx]
-        power = on * rated * (0.1 + 0.9 * dim / 100.0) + 1.0 + self._noise(fleet, "power_w", idx, k) * 0.005 * rated
+        # Drivers draw ~10 % at the lowest dimming step; the controller itself ~1 W.
+        power = on * rated * (0.1 + 0.9 * dim / 100.0) + 1.0
+        power = power + self._noise(fleet, "power_w", idx, k) * (0.005 * power + 0.02)
         h = local_hours(t_us, self.city.lon)
         # The feeder's voltage sags a little in the evening peak of the local grid.
         voltage = (
