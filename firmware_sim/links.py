@@ -15,6 +15,7 @@ number and storage absorbs it. Messages dropped from a full outbox are lost (cou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -140,10 +141,31 @@ class Link(AsyncService):
                 self._wake.clear()
                 await self._wake.wait()
             item = self.outbox[0]
-            await client.publish(item.topic, item.payload, qos=self.config.qos)
+            await self._publish(client, item)
             # The item may have been dropped from a full outbox while we waited for the ack.
             if self.outbox and self.outbox[0] is item:
                 self.outbox.popleft()
                 self.buffered -= item.readings
             self._stats.acked += item.readings
             self._stats.values_acked += item.values
+
+    async def _publish(self, client: aiomqtt.Client, item: Outgoing) -> None:
+        """Publish and wait for the broker's ack, or fail as soon as the connection drops.
+
+        aiomqtt's publish() waits for the ack until its timeout even when the connection is
+        already gone; firmware notices the drop and starts buffering at once.
+        """
+        disconnected = client._disconnected
+        publish = asyncio.ensure_future(client.publish(item.topic, item.payload, qos=self.config.qos))
+        try:
+            await asyncio.wait({publish, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not publish.done():
+                publish.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await publish
+        if not publish.done() or publish.cancelled():
+            if disconnected.done() and not disconnected.cancelled():
+                disconnected.exception()  # retrieved: no "never retrieved" warning
+            raise aiomqtt.MqttError("connection lost while waiting for the broker's ack")
+        publish.result()

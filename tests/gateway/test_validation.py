@@ -1,9 +1,11 @@
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from cityops.contracts import to_us
+from cityops.contracts import DeviceKind, to_us
+from cityops.registry import Device
 from gateway.errors import PayloadError
 from gateway.validation import Limits, validate
 
@@ -73,3 +75,103 @@ def test_unusable_messages_raise_with_a_reason(data: bytes, topic: str, reason: 
 def test_oversized_payload_is_refused_before_parsing() -> None:
     with pytest.raises(PayloadError, match="exceeds 50"):
         check(payload(), limits=Limits(max_payload_bytes=50))
+
+
+# --- SenML -----------------------------------------------------------------------------------
+
+SENML = [
+    {"bn": "urn:dev:cityops:pipe-0001:", "bt": NOW.timestamp(), "seq": 7, "n": "pressure_kpa", "u": "Pa", "v": 410500},
+    {"n": "flow_m3h", "u": "m3/s", "v": 0.025},
+]
+
+
+def _cbor(records: list[dict[str, object]]) -> bytes:
+    from cityops import senml
+
+    return senml.dumps_cbor(records)
+
+
+@pytest.mark.parametrize("encode", [lambda r: json.dumps(r).encode(), _cbor], ids=["senml+json", "senml+cbor"])
+def test_senml_packs_become_readings_in_catalogue_units(encode: Any) -> None:
+    out = check(encode(SENML))
+    assert out.rejected == []
+    (reading,) = out.readings
+    assert (reading.device_id, reading.seq, reading.ts_us) == ("pipe-0001", 7, to_us(NOW))
+    assert reading.metrics == pytest.approx({"pressure_kpa": 410.5, "flow_m3h": 90.0})
+
+
+def test_a_senml_pack_may_carry_several_readings_and_booleans() -> None:
+    pack = [
+        {"bt": NOW.timestamp(), "seq": 1, "n": "lamp_on", "vb": True},
+        {"n": "power_w", "v": 60.5},
+        {"t": 10, "seq": 2, "n": "lamp_on", "vb": False},  # t is relative to bt
+        {"t": 10, "n": "door_open", "vb": True},
+    ]
+    out = check(json.dumps(pack).encode(), "cityops/v1/lamp_pole/lamp-0001/readings")
+    assert [(r.seq, r.ts_us, r.metrics) for r in out.readings] == [
+        (1, to_us(NOW), {"lamp_on": 1.0, "power_w": 60.5}),
+        (2, to_us(NOW) + 10_000_000, {"lamp_on": 0.0, "door_open": 1.0}),
+    ]
+
+
+def test_senml_problems_are_rejected_per_reading_or_metric() -> None:
+    pack = [
+        {"bt": NOW.timestamp(), "seq": 1, "n": "pressure_kpa", "u": "bar", "v": 4.1},  # unit we cannot convert
+        {"n": "flow_m3h", "v": 80.0},
+        {"bt": NOW.timestamp() + 60, "n": "flow_m3h", "v": 81.0},  # no seq: refused
+        {"bt": NOW.timestamp() + 120, "seq": 3, "n": "flow_m3h", "vs": "high"},  # text value
+        {"n": "pressure_kpa", "v": 401.0},
+    ]
+    out = check(json.dumps(pack).encode())
+    assert [(r.seq, r.metrics) for r in out.readings] == [(1, {"flow_m3h": 80.0}), (3, {"pressure_kpa": 401.0})]
+    assert any("unit 'bar' cannot be converted to 'kPa'" in r for r in out.rejected)
+    assert any("no 'seq' field" in r for r in out.rejected)
+    assert any("flow_m3h: not a numeric or boolean value" in r for r in out.rejected)
+
+
+@pytest.mark.parametrize(
+    ("pack", "reason"),
+    [
+        (
+            [{"bn": "urn:dev:cityops:pipe-0002:", "bt": NOW.timestamp(), "seq": 1, "n": "flow_m3h", "v": 1.0}],
+            "names device 'pipe-0002'",
+        ),
+        ([{"bt": NOW.timestamp(), "seq": 1, "n": "flow_m3h", "v": 1.0, "crit_": 1}], "must-understand"),
+        ([{"bt": NOW.timestamp(), "seq": 1, "n": "flow_m3h"}], "no value"),
+        ([{"bt": NOW.timestamp(), "seq": 1, "n": "flow_m3h", "v": "1"}], "finite number"),
+        ([{"bt": NOW.timestamp() + 3600, "seq": 1, "n": "flow_m3h", "v": 1.0}], "in the future"),
+        ([], "non-empty array"),
+    ],
+)
+def test_unusable_senml_raises_with_a_reason(pack: list[dict[str, object]], reason: str) -> None:
+    with pytest.raises(PayloadError) as info:
+        check(json.dumps(pack).encode())
+    assert reason in info.value.reason
+
+
+def test_a_concentrator_speaks_only_for_its_own_registered_devices() -> None:
+    registry = {
+        "lamp-0001": Device("lamp-0001", DeviceKind.LAMP_POLE, 52.3, 4.9, "Noord", {"concentrator": "conc-1"}),
+        "env-0001": Device("env-0001", DeviceKind.ENV_STATION, 52.3, 4.9, "Noord", {"concentrator": "conc-2"}),
+    }
+    t = NOW.timestamp()
+    pack = [
+        {"bn": "urn:dev:cityops:lamp-0001:", "bt": t, "seq": 4, "n": "power_w", "v": 60.0},
+        {"bn": "urn:dev:cityops:env-0001:", "bt": t, "seq": 9, "n": "no2_ugm3", "v": 20.0},
+        {"bn": "urn:dev:cityops:ghost-1:", "bt": t, "seq": 1, "n": "no2_ugm3", "v": 20.0},
+        {"bn": "", "n": "no2_ugm3", "v": 20.0},
+    ]
+    out = validate(
+        "cityops/v1/concentrator/conc-1/readings",
+        _cbor(pack),
+        now_us=to_us(NOW),
+        devices=registry.get,
+    )
+    assert [(r.device_id, r.kind, r.seq, r.metrics) for r in out.readings] == [
+        ("lamp-0001", "lamp_pole", 4, {"power_w": 60.0})
+    ]
+    assert "env-0001: not behind concentrator 'conc-1'" in out.rejected
+    assert "ghost-1: not a registered device" in out.rejected
+    assert any("names no device" in r for r in out.rejected)
+    with pytest.raises(PayloadError, match="publishes SenML packs"):
+        validate("cityops/v1/concentrator/conc-1/readings", payload(), now_us=to_us(NOW), devices=registry.get)
