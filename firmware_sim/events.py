@@ -315,7 +315,7 @@ def _hydraulics(city: City, scenario: Scenario, events: list[Event], start: int,
             felt = (dp > FELT_KPA) | (dq > FELT_FLOW * np.abs(q) + 1.0)
             # Interpolation carries the last step's outflow into the next step.
             last = min(len(felt), int(leak.end_s // step) + 1)
-            seen = felt[: last + 1].any(axis=0)
+            seen: npt.NDArray[np.bool_] = np.asarray(felt[: last + 1].any(axis=0))
             seen[ev.targets[P]] = True
             ev.targets[P] = np.flatnonzero(seen)
             ev.end_us = min(end, start + int(last * step * 1e6))

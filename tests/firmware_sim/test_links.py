@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import shutil
 import socket
@@ -142,7 +143,7 @@ async def test_devices_buffer_while_the_broker_is_down_and_replay_with_original_
         # the time they were sampled, 0.1 s apart, not the time they were sent.
         replayed = sorted((seq, ts, arrived) for seq, ts, arrived in readings if down_at < ts < up_at)
         assert len(replayed) >= 10 and all(arrived > up_at for _, _, arrived in replayed)
-        gaps = [b[1] - a[1] for a, b in zip(replayed, replayed[1:], strict=False) if b[0] == a[0] + 1]
+        gaps = [b[1] - a[1] for a, b in itertools.pairwise(replayed) if b[0] == a[0] + 1]
         assert gaps and all(abs(g - 0.1) < 1e-3 for g in gaps)
 
 
