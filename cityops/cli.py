@@ -154,6 +154,40 @@ def sim(
 
 
 @app.command()
+def score(
+    truth: Path | None = typer.Option(None, help="Ground truth (JSON lines); default: <state dir>/ground_truth.jsonl."),
+    scenario: Path | None = typer.Option(None, help="The run's scenario (for its devices); default: the demo."),
+    since: str = typer.Option("-1h", help='Start of the scored span: "-<n>[smhd]" or an RFC 3339 time.'),
+    until: str = typer.Option("now", help='End of the scored span: "now" or an RFC 3339 time.'),
+) -> None:
+    """Compare a simulated run's ground truth with the alerts the operations centre stored.
+
+    Prints recall, false alarms per 1,000 device-hours and the median detection delay.
+    """
+    import asyncio
+    from datetime import UTC, datetime
+
+    from cityops.contracts import to_us
+    from firmware_sim import SimSettings, build_city, load
+    from firmware_sim.scenario import resolve_start
+    from firmware_sim.scoring import alerts_from_database
+    from firmware_sim.scoring import score as score_run
+    from firmware_sim.truth import read_file
+
+    settings = SimSettings(scenario=scenario) if scenario else SimSettings()
+    path = truth or settings.state_dir / "ground_truth.jsonl"
+    if not path.exists():
+        raise typer.BadParameter(f"no ground truth at {path}")
+    now = datetime.now(UTC)
+    span = (to_us(resolve_start(since, now)), to_us(resolve_start(until, now)))
+    city = build_city(load(settings.scenario))
+    intervals = {d: f.interval_s for f in city.fleets.values() for d in f.ids}
+    alerts = asyncio.run(alerts_from_database(settings.pg_dsn, span))
+    result = score_run(read_file(path), alerts, intervals_s=intervals, span_us=span)
+    print("\n".join(result.lines()))
+
+
+@app.command()
 def provision(
     scenario: Path | None = typer.Option(None, help="Scenario file (TOML); default: the demo city."),
     devices: int | None = typer.Option(None, help="Devices in total, split as the scenario's counts are."),
