@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Awaitable
 
 import pytest
 
-from cityops.contracts import GroundTruth, TruthCategory
-from firmware_sim.scoring import AlertPoint, score
+from cityops.contracts import GroundTruth, Topics, TruthCategory
+from cityops.registry import Device
+from cityops.stack import Stack
+from firmware_sim import EventKind, Scheduled, SimSettings, Simulator
+from firmware_sim.scoring import AlertPoint, Score, alerts_from_database, score
+from gateway import Gateway, GatewaySettings
+from ioc import ApiServer, IocSettings
+from stream import StreamService, StreamSettings
+from tests.helpers import eventually, small_scenario
 
 S = 1_000_000
 INTERVALS = {"a": 10.0, "b": 10.0, "c": 60.0}
@@ -56,3 +65,56 @@ def test_recall_false_alarms_and_delay() -> None:
 def test_no_events_gives_nan_recall_not_a_crash() -> None:
     result = score([], [AlertPoint("a", "x", 0)], intervals_s=INTERVALS, span_us=(0, 3600 * S))
     assert math.isnan(result.recall) and result.false_alarms == 1
+
+
+@pytest.mark.slow
+async def test_a_simulated_citys_incidents_become_alerts_and_score_against_the_truth(
+    stack: Stack, topics: Topics, database: str, fleet: list[Device], uid: str
+) -> None:
+    """Simulator -> Mosquitto -> gateway -> Kafka -> stream -> alerts -> IOC -> database, scored."""
+    minute = 60
+    scenario = small_scenario(
+        uid,
+        start="-20m",
+        speed=300,
+        interval_s=5,
+        incidents=[
+            Scheduled(kind=EventKind.FEEDER_OUTAGE, at_s=12 * minute, duration_s=3 * minute, target=f"t{uid}-CAB-001"),
+            Scheduled(kind=EventKind.CONTAMINATION, at_s=13 * minute, duration_s=4 * minute, target=f"t{uid}-wq-0001"),
+            Scheduled(
+                kind=EventKind.SPIKE, at_s=14 * minute, target=f"t{uid}-pipe-0002", metric="pressure_kpa", magnitude=40
+            ),
+        ],
+    )
+    common = {"topic_prefix": topics.prefix, "pg_dsn": database}
+    async with (
+        StreamService(StreamSettings(**common, group_id=f"stream-{uid}", metrics_port=-1)) as stream,
+        ApiServer(IocSettings(**common, group_id=f"ioc-{uid}", port=0)),
+        Gateway(GatewaySettings(**common, mqtt_client_id=f"gw-{uid}", mqtt_clean_session=True, metrics_port=-1)) as gw,
+        asyncio.TaskGroup() as tasks,
+    ):
+        services = [tasks.create_task(stream.run()), tasks.create_task(gw.run())]
+        async with Simulator(SimSettings(**common), scenario) as sim:
+            assert sim.sim is not None and sim.truth is not None and sim.city is not None
+            span = (sim.sim.t0, sim.sim.t0 + 19 * minute * S)
+            await sim.run(until_us=span[1])
+            truths = list(sim.truth.events)
+            intervals = {d: f.interval_s for f in sim.city.fleets.values() for d in f.ids}
+
+        async def scored() -> Score:
+            return score(truths, await alerts_from_database(database, span), intervals_s=intervals, span_us=span)
+
+        await eventually(lambda: _all_detected(scored()), timeout=60)
+        for task in services:
+            task.cancel()
+    result = await scored()
+    print("\n" + "\n".join(result.lines()))
+    assert result.recall == 1.0 and result.events == 3
+    assert result.median_delay_readings <= 2
+    # Ten devices for 19 minutes: a handful of false alarms at most on a quiet city.
+    assert result.false_alarms <= 5, result.lines()
+
+
+async def _all_detected(result: Awaitable[Score]) -> bool:
+    r = await result
+    return r.events > 0 and r.detected == r.events
