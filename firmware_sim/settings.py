@@ -24,3 +24,5 @@ class SimSettings(CommonSettings):
     drain_timeout_s: float = 30.0
     # While catching up with real time, pause generating when this many readings wait to be sent.
     max_buffered: int = 200_000
+    # Readings generated in one step at most (catching up at high speed is done in steps).
+    max_step_readings: int = 20_000

@@ -82,6 +82,7 @@ class Simulator(AsyncService):
         self._out: dict[DeviceKind, list[_DeviceOut]] = {}
         self._concentrator_of: dict[DeviceKind, np.ndarray] = {}
         self._wall_start = 0
+        self._max_step_us = 1
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -152,6 +153,8 @@ class Simulator(AsyncService):
             if self.scenario.platform_rates:
                 _log.warning("platform faults are injected in realistic mode only; ignored")
         self.stats.links = len(self.links)
+        per_second = sum(len(f) / f.interval_s for f in city.fleets.values()) or 1.0
+        self._max_step_us = max(1, int(self.settings.max_step_readings / per_second * 1e6))
         _log.info(
             "simulator ready",
             mode=self.scenario.mode,
@@ -229,6 +232,9 @@ class Simulator(AsyncService):
             target = self.sim_now(wall)
             if until_us is not None:
                 target = min(target, until_us)
+            # When catching up faster than readings can be made, bound each step's work (and
+            # memory): a step covers at most max_step_readings of the fleet's readings.
+            target = min(target, self.sim.cursor + self._max_step_us)
             catching_up = target < wall - 1_000_000
             self._refresh_buffered()
             if not (catching_up and self.stats.buffered > self.settings.max_buffered):
