@@ -47,4 +47,4 @@ def test_mqtt_topic_layout() -> None:
 
 def test_topics_carry_their_prefix() -> None:
     t = contracts.Topics("x.")
-    assert t.all() == ["x.readings", "x.readings.dlq", "x.alerts"]
+    assert t.all() == ["x.readings", "x.readings.dlq", "x.alerts", "x.truth"]
