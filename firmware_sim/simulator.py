@@ -113,42 +113,40 @@ class Simulator(AsyncService):
         rng = random.Random(self.scenario.seed)
         secret = self.settings.fleet_secret
         self.stats.devices = len(city.devices)
+
+        def new_link(account: str, client_id: str) -> int:
+            """A session with ``account``'s credentials; returns its position in ``links``."""
+            link = Link(
+                config,
+                username=account,
+                password=device_password(secret, account),
+                client_id=client_id,
+                stats=self.stats,
+                rng=random.Random(rng.random()),
+            )
+            self.links.append(link)
+            return len(self.links) - 1
+
         if self.scenario.mode == "realistic":
             number = 0
             for kind, fleet in city.fleets.items():
                 outs = []
                 for device_id in fleet.ids:
-                    link = Link(
-                        config,
-                        username=device_id,
-                        password=device_password(secret, device_id),
-                        client_id=f"dev-{device_id}",
-                        stats=self.stats,
-                        rng=random.Random(rng.random()),
-                    )
-                    self.links.append(link)
+                    link = self.links[new_link(device_id, f"dev-{device_id}")]
                     outs.append(_DeviceOut(device_id, mqtt_readings_topic(kind, device_id), link, number))
                     number += 1
                 self._out[kind] = outs
         else:
-            by_id: dict[str, Link] = {}
+            position: dict[str, int] = {}
             concentrator = {d.device_id: d.concentrator for d in city.devices}
             for kind, fleet in city.fleets.items():
                 positions = []
                 for device_id in fleet.ids:
                     cid = concentrator[device_id]
                     assert cid is not None, "a concentrator city is built with concentrated=True"
-                    if cid not in by_id:
-                        by_id[cid] = Link(
-                            config,
-                            username=cid,
-                            password=device_password(secret, cid),
-                            client_id=f"conc-{cid}",
-                            stats=self.stats,
-                            rng=random.Random(rng.random()),
-                        )
-                        self.links.append(by_id[cid])
-                    positions.append(self.links.index(by_id[cid]))
+                    if cid not in position:
+                        position[cid] = new_link(cid, f"conc-{cid}")
+                    positions.append(position[cid])
                 self._concentrator_of[kind] = np.array(positions, dtype=np.intp)
             if self.scenario.platform_rates:
                 _log.warning("platform faults are injected in realistic mode only; ignored")
