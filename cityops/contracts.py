@@ -279,6 +279,10 @@ class Alert(msgspec.Struct, frozen=True):
     seq: int
     gateway_us: int
     emitted_us: int
+    # Every detector that alone reached the threshold (``detector`` is the strongest), and a
+    # sentence for the operator: what was seen, what was expected, over which window.
+    detectors: list[str] = []
+    explanation: str = ""
 
     @staticmethod
     def make_id(device_id: str, metric: str, ts_us: int, detector: str) -> str:

@@ -69,8 +69,21 @@ CREATE TABLE IF NOT EXISTS alerts (
     emitted_at  timestamptz NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS detectors text[] NOT NULL DEFAULT '{}';
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS explanation text NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts DESC);
 CREATE INDEX IF NOT EXISTS alerts_device ON alerts (device_id, ts DESC);
+
+-- The stream tier's detector state per series, saved periodically and when partitions move,
+-- so a restarted or rebalanced consumer resumes exactly (it replays readings after last_ts).
+CREATE TABLE IF NOT EXISTS detector_state (
+    device_id text NOT NULL,
+    metric    text NOT NULL,
+    state     bytea NOT NULL,
+    last_ts   timestamptz NOT NULL,
+    saved_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (device_id, metric)
+);
 """
 
 # The primary key is the idempotency key: a replayed batch inserts nothing new.

@@ -7,6 +7,7 @@ so a wall screen sees each alert once per IOC process.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,15 +28,21 @@ _log = log.get("ioc.alerts")
 
 INSERT = """
 INSERT INTO alerts (alert_id, ts, device_id, kind, metric, value, score, detector, baseline, spread,
-                    window_size, seq, gateway_at, emitted_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                    window_size, seq, gateway_at, emitted_at, detectors, explanation)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (alert_id) DO NOTHING
 RETURNING alert_id
 """
 
 
 def alert_event(alert: Alert) -> dict[str, Any]:
-    body = msgspec.to_builtins(alert)
+    # JSON has no NaN or infinity: a detector without a baseline sends null.
+    body = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in msgspec.to_builtins(alert).items()
+    }
+    nonfinite = [k for k, v in body.items() if v is None]
+    if nonfinite:
+        _log.warning("alert with non-finite fields", alert_id=alert.alert_id, fields=nonfinite)
     body["ts"] = to_datetime(alert.ts_us).isoformat()
     return {"type": "alert", "alert": body}
 
@@ -114,6 +121,8 @@ class AlertFeed(AsyncService):
                 a.seq,
                 to_datetime(a.gateway_us),
                 to_datetime(a.emitted_us),
+                a.detectors,
+                a.explanation,
             )
             for a in alerts
         ]

@@ -184,7 +184,7 @@ def create_app(settings: IocSettings | None = None) -> FastAPI:
         return await rows(
             request,
             "SELECT alert_id, ts, device_id, kind, metric, value, score, detector, baseline, spread, "
-            "window_size, seq, emitted_at, received_at FROM alerts "
+            "window_size, seq, emitted_at, received_at, detectors, explanation FROM alerts "
             "WHERE (%(d)s::text IS NULL OR device_id = %(d)s) AND (%(s)s::timestamptz IS NULL OR ts >= %(s)s) "
             "ORDER BY ts DESC LIMIT %(l)s",
             {"d": device_id, "s": since, "l": limit},

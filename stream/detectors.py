@@ -1,188 +1,621 @@
-"""Windowed anomaly detectors: Numba kernels over NumPy state arrays, behind typed wrappers.
+"""Windowed anomaly detectors: one Numba kernel over NumPy state, behind a typed wrapper.
 
-State for every series (device x metric) lives in arrays indexed by a series id, so a whole
-Kafka batch is scored in one kernel call with O(1) work per reading. Kernels are pure
-functions of (state, batch) -> (new state, scores); the wrappers own the arrays.
+State for every series (device x metric) is a row of a float64 matrix indexed by a series id,
+so a whole Kafka batch is scored in one kernel call with O(1) work per reading, and a row is
+a few cache lines however many detectors run. The kernel is a pure function of (state,
+profiles, batch) -> (new state, scores); ``Detector`` owns the arrays.
+
+Every detector turns its statistic into a tail probability p under the series' recent
+behaviour (Gaussian tails for z-scores, Siegmund's approximation for CUSUM, a geometric law
+for runs of identical readings); the reading's score is the smallest p, multiplied by the
+number of detectors that looked (Bonferroni), as ``-log10(p) / DECADES`` in [0, 1]. Limits
+score 1. A reading alarms when its score reaches the profile's threshold and the series has
+not alarmed within the refractory period: one alarm per episode.
 """
 
 from __future__ import annotations
 
+import enum
+import io
+import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from stream.profiles import DECADES, MAX_TOD_BINS, PARAMS, DetectorConfig, Profile
+
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 BOOL = npt.NDArray[np.bool_]
 
+__all__ = ["BOOL", "F64", "I64", "Detector", "DetectorConfig", "Kind", "Scored"]
 
-@njit(cache=True, nogil=True)
-def ewma_zscore_kernel(
+
+class Kind(enum.IntEnum):
+    """The detectors, as bits of ``Scored.fired``."""
+
+    EWMA = 0  # fast exponentially weighted mean and variance
+    ROBUST = 1  # streaming median and MAD
+    CUSUM = 2  # two-sided CUSUM against a slow baseline: level shifts
+    ROC = 3  # rate of change
+    FLATLINE = 4  # stuck at one value
+    TOD = 5  # time-of-day baseline
+    LIMIT = 6  # regulatory or operational limit
+    PHYSICAL = 7  # physically impossible for a working sensor
+    STALENESS = 8  # silent for several usual intervals (timer, not per reading)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+# Columns of a series' state row.
+N, LAST_TS, LAST_X, DT = 0, 1, 2, 3  # readings folded in; the last one; the usual interval (s)
+MEAN, VAR, MED, MAD = 4, 5, 6, 7  # fast EWMA; streaming median and MAD
+SMEAN, SVAR, SN, CPOS, CNEG = 8, 9, 10, 11, 12  # slow reference (and readings since it restarted); CUSUM
+DVAR, EQ, RUN = 13, 14, 15  # variance of changes; rate of repeated values; current run of them
+LMEAN, QUIET, ALARM_TS, STALE = 16, 17, 18, 19  # limit mean; episode (-1: none); last alarm; silent
+NSTATE = 20
+
+# Columns of the profile table (stream.profiles.PARAMS order; checked at import).
+(
+    P_THRESHOLD,
+    P_REFRACTORY,
+    P_REFRACTORY_S,
+    P_WARMUP,
+    P_WINDOW,
+    P_WINDOW_S,
+    P_SLOW_WINDOW,
+    P_SLOW_WINDOW_S,
+    P_CLIP,
+    P_RESOLUTION,
+    P_MIN_SPREAD,
+    P_EWMA,
+    P_ROBUST,
+    P_CUSUM,
+    P_CUSUM_DRIFT,
+    P_ROC,
+    P_MAX_RATE,
+    P_FLATLINE,
+    P_FLATLINE_EPS,
+    P_FLATLINE_MIN_RUN,
+    P_TOD,
+    P_TOD_BINS,
+    P_TOD_DAYS,
+    P_STALENESS,
+    P_STALE_INTERVALS,
+    P_STALE_MIN_S,
+    P_PHYSICAL_LOW,
+    P_PHYSICAL_HIGH,
+    P_LIMIT_LOW,
+    P_LIMIT_HIGH,
+    P_LIMIT_WINDOW_S,
+) = range(31)
+assert PARAMS == (
+    "threshold",
+    "refractory",
+    "refractory_s",
+    "warmup",
+    "window",
+    "window_s",
+    "slow_window",
+    "slow_window_s",
+    "clip",
+    "resolution",
+    "min_spread",
+    "ewma",
+    "robust",
+    "cusum",
+    "cusum_drift",
+    "roc",
+    "max_rate",
+    "flatline",
+    "flatline_eps",
+    "flatline_min_run",
+    "tod",
+    "tod_bins",
+    "tod_days",
+    "staleness",
+    "stale_intervals",
+    "stale_min_s",
+    "physical_low",
+    "physical_high",
+    "limit_low",
+    "limit_high",
+    "limit_window_s",
+)
+# Time-of-day state: per bin (mean, var, n).
+NTOD = 3 * MAX_TOD_BINS
+
+_LN10 = math.log(10.0)
+_SQRT2 = math.sqrt(2.0)
+_SQRTPI = math.sqrt(math.pi)
+_MAD_TO_SD = 1.4826  # MAD of a normal distribution is 0.6745 sd
+_FLOOR = -DECADES  # log10 p of a certain anomaly (a limit): score 1
+_HUGE = 1e100  # beyond any physical quantity; squares would overflow the state
+# Fast math without the flags that assume no NaN or infinity: both are data here.
+_FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+def _tail_exact(z: float) -> float:
+    """log10 P(|Z| >= z) for a standard normal Z, accurate far into the tail."""
+    z = abs(z)
+    if z < 30.0:
+        return math.log10(math.erfc(z / _SQRT2))
+    u = z / _SQRT2
+    return (-u * u - math.log(u * _SQRTPI)) / _LN10
+
+
+# The tail on a grid, interpolated in the kernel: erfc and log10 would cost more than the rest
+# of a reading's work. The error is below 1e-4 decades.
+_TAIL_STEP = 1.0 / 64.0
+_TAIL_MAX = 38.0
+_TAIL = np.array([_tail_exact(i * _TAIL_STEP) for i in range(int(_TAIL_MAX / _TAIL_STEP) + 2)])
+_LOG10_N = np.array([0.0, 0.0, *(math.log10(i) for i in range(2, 17))])
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _log10_tail(z: float) -> float:
+    z = abs(z)
+    if z < _TAIL_MAX:
+        f = z / _TAIL_STEP
+        j = int(f)
+        w = f - j
+        return float(_TAIL[j] * (1.0 - w) + _TAIL[j + 1] * w)
+    u = z / _SQRT2
+    return (-u * u - math.log(u * _SQRTPI)) / _LN10
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _alpha(dt: float, window: float, window_s: float) -> float:
+    """EWMA weight of a reading: by count (2 / (window + 1)) or by the time it covers."""
+    if window_s > 0.0:
+        return 1.0 - math.exp(-2.0 * dt / window_s)
+    return 2.0 / (window + 1.0)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+def detect_kernel(
     series: I64,
+    ts: I64,
     values: F64,
     feed: BOOL,
-    mean: F64,
-    var: F64,
-    count: I64,
-    since_alarm: I64,
-    alpha: float,
-    warmup: int,
-    threshold: float,
-    clip: float,
-    refractory: int,
-    min_spread: float,
-    scores: F64,
-    baselines: F64,
-    spreads: F64,
-    alarms: BOOL,
+    state: F64,
+    profile_of: I64,
+    table: F64,
+    tod_slot: I64,
+    tod: F64,
+    utc_offset_s: float,
+    score: F64,
+    alarm: BOOL,
+    fired: I64,
+    top: I64,
+    baseline: F64,
+    spread: F64,
 ) -> None:
-    """Exponentially weighted mean/variance z-score, one pass in input order.
+    """Score each reading against its series' state *before* it, then fold it in.
 
-    ``alpha`` sets the window (about 2/alpha - 1 readings). Each reading is scored against the
-    state *before* it, then folded in; once warmed up, the value folded in is clipped to
-    ``mean +- clip * spread`` so that a spike does not inflate the spread that judges the next
-    readings. An alarm needs ``|z| >= threshold`` and ``refractory`` readings since the series'
-    previous alarm (one alarm per episode, not one per reading).
-
-    A reading with ``feed[i]`` False (one already stored: a redelivery or a replay) is scored 0
-    and leaves the state alone, so each reading moves the detector once.
+    Readings are taken in input order (each series' readings in time order). A reading whose
+    ``feed`` is False (already stored: a redelivery) or whose value is not finite is scored
+    0 and leaves the state alone. Time never runs backwards for a series: an older timestamp
+    counts as no time elapsed.
     """
+    lps = np.zeros(8)  # log10 p per detector (Kind order), for one reading
+    zs = np.zeros(8)  # |z| of the Gaussian detectors
     for i in range(values.shape[0]):
         s = series[i]
         x = values[i]
-        n = count[s]
-        if not feed[i]:
-            scores[i] = 0.0
-            baselines[i] = mean[s]
-            spreads[i] = np.sqrt(var[s])
-            alarms[i] = False
+        t = float(ts[i])
+        score[i] = 0.0
+        alarm[i] = False
+        fired[i] = 0
+        top[i] = -1
+        baseline[i] = np.nan
+        spread[i] = np.nan
+        if not feed[i] or not math.isfinite(x):
             continue
-        if n == 0:
-            mean[s] = x
-            var[s] = 0.0
-            count[s] = 1
-            since_alarm[s] = refractory
-            scores[i] = 0.0
-            baselines[i] = x
-            spreads[i] = 0.0
-            alarms[i] = False
+        p = profile_of[s]
+        if abs(x) > _HUGE:
+            # No sensor reads this: flag it, but keep it out of the statistics.
+            score[i] = 1.0
+            fired[i] = 1 << 7
+            top[i] = 7
+            if state[s, QUIET] < 0.0 or state[s, N] == 0.0:
+                alarm[i] = True
+                state[s, QUIET] = 0.0
+                state[s, ALARM_TS] = t
             continue
-        m = mean[s]
-        sd = np.sqrt(var[s])
-        floor = min_spread * (abs(m) + 1.0)
-        eff = max(floor, sd)
-        z = (x - m) / eff
-        warmed = n >= warmup
-        score = abs(z) if warmed else 0.0
-        scores[i] = score
-        baselines[i] = m
-        spreads[i] = sd
-        since_alarm[s] += 1
-        if score >= threshold and since_alarm[s] > refractory:
-            alarms[i] = True
-            since_alarm[s] = 0
+        n = state[s, N]
+        warm = n >= table[p, P_WARMUP]
+        if n == 0.0:
+            state[s, LAST_TS] = t
+            state[s, LAST_X] = x
+            state[s, MEAN] = x
+            state[s, MED] = x
+            state[s, SMEAN] = x
+            state[s, LMEAN] = x
+            state[s, EQ] = 0.5
+            state[s, QUIET] = -1.0
+            state[s, ALARM_TS] = -1e18
+        dt = max(0.0, (t - state[s, LAST_TS]) * 1e-6)
+        # Early on every average is a plain cumulative mean (the EWMA's bias correction).
+        a = max(_alpha(dt, table[p, P_WINDOW], table[p, P_WINDOW_S]), 1.0 / (n + 1.0))
+        a_slow = max(_alpha(dt, table[p, P_SLOW_WINDOW], table[p, P_SLOW_WINDOW_S]), 1.0 / (state[s, SN] + 1.0))
+        floor = max(table[p, P_RESOLUTION], table[p, P_MIN_SPREAD] * (abs(state[s, MEAN]) + 1e-9))
+        clip = table[p, P_CLIP]
+
+        # Each detector's evidence: |z| for the Gaussian ones (EWMA, ROBUST, ROC, TOD), log10 p
+        # for the others. Tails are costly, so only the strongest |z| is turned into one.
+        for k in range(8):
+            zs[k] = 0.0
+            lps[k] = 0.0
+        looked = 0
+        if x < table[p, P_PHYSICAL_LOW] or x > table[p, P_PHYSICAL_HIGH]:
+            lps[7] = _FLOOR
+            looked += 1
+        lim_x = x
+        if table[p, P_LIMIT_WINDOW_S] > 0.0 and n > 0.0:
+            lim_x = state[s, LMEAN] + _alpha(dt, 0.0, table[p, P_LIMIT_WINDOW_S]) * (x - state[s, LMEAN])
+        state[s, LMEAN] = lim_x
+        if lim_x < table[p, P_LIMIT_LOW] or lim_x > table[p, P_LIMIT_HIGH]:
+            lps[6] = _FLOOR
+            looked += 1
+        sd = max(math.sqrt(state[s, VAR]), floor)
+        rsd = max(_MAD_TO_SD * state[s, MAD], floor)
+        ssd = max(math.sqrt(state[s, SVAR]), floor)
+        dsd = max(math.sqrt(state[s, DVAR]), floor)
+        if warm:
+            if table[p, P_EWMA] > 0.0:
+                zs[0] = abs(x - state[s, MEAN]) / sd
+                looked += 1
+            if table[p, P_ROBUST] > 0.0:
+                zs[1] = abs(x - state[s, MED]) / rsd
+                looked += 1
+            if table[p, P_CUSUM] > 0.0 and state[s, SN] >= table[p, P_WARMUP]:
+                z = min(max((x - state[s, SMEAN]) / ssd, -clip), clip)
+                k = table[p, P_CUSUM_DRIFT]
+                state[s, CPOS] = max(0.0, state[s, CPOS] + z - k)
+                state[s, CNEG] = max(0.0, state[s, CNEG] - z - k)
+                # Siegmund: the stationary CUSUM exceeds g with probability exp(-2 k g).
+                lps[2] = max(_FLOOR, -2.0 * k * max(state[s, CPOS], state[s, CNEG]) / _LN10)
+                looked += 1
+            if table[p, P_ROC] > 0.0:
+                d = x - state[s, LAST_X]
+                zs[3] = abs(d) / dsd
+                if dt > 0.0 and abs(d) / dt > table[p, P_MAX_RATE]:
+                    lps[3] = _FLOOR
+                looked += 1
+            if table[p, P_FLATLINE] > 0.0:
+                run = state[s, RUN] + 1.0
+                if abs(x - state[s, LAST_X]) <= table[p, P_FLATLINE_EPS] and run >= table[p, P_FLATLINE_MIN_RUN]:
+                    # Runs of identical readings are geometric with the series' usual rate.
+                    q = min(max(state[s, EQ], 1e-3), 0.999)
+                    lps[4] = max(_FLOOR, run * math.log10(q))
+                looked += 1
+        slot = tod_slot[s]
+        bins = int(table[p, P_TOD_BINS])
+        b = 0
+        use_tod = slot >= 0 and table[p, P_TOD] > 0.0
+        if use_tod:
+            b = int(((t * 1e-6 + utc_offset_s) % 86400.0) * bins / 86400.0) % bins
+            if tod[slot, 3 * b + 2] >= table[p, P_WARMUP]:
+                zs[5] = abs(x - tod[slot, 3 * b]) / max(math.sqrt(tod[slot, 3 * b + 1]), floor)
+                looked += 1
+
+        zk = 0
+        for k in range(8):
+            if zs[k] > zs[zk]:
+                zk = k
+        best = 0.0
+        best_k = -1
+        if zs[zk] > 0.0:
+            best = _log10_tail(zs[zk])
+            best_k = zk
+        for k in range(8):
+            if lps[k] < best:
+                best = lps[k]
+                best_k = k
+        # Bonferroni over the detectors that looked.
+        correction = _LOG10_N[looked]
+        sc = min(1.0, max(0.0, -(best + correction) / DECADES))
+        cut = -table[p, P_THRESHOLD] * DECADES - correction
+        mask = 0
+        if best <= cut:
+            for k in range(8):
+                if lps[k] <= cut or (zs[k] > 0.0 and _log10_tail(zs[k]) <= cut):
+                    mask |= 1 << k
+        score[i] = sc
+        fired[i] = mask
+        top[i] = best_k
+        base, spr = state[s, MEAN], sd
+        if best_k == 1:
+            base, spr = state[s, MED], rsd
+        elif best_k == 2:
+            base, spr = state[s, SMEAN], ssd
+        elif best_k == 3:
+            base, spr = state[s, LAST_X], dsd
+        elif best_k == 4:
+            base, spr = state[s, LAST_X], 0.0
+        elif best_k == 5:
+            base, spr = tod[slot, 3 * b], max(math.sqrt(tod[slot, 3 * b + 1]), floor)
+        elif best_k == 6:
+            base, spr = (table[p, P_LIMIT_LOW] if lim_x < table[p, P_LIMIT_LOW] else table[p, P_LIMIT_HIGH]), 0.0
+        elif best_k == 7:
+            base, spr = (table[p, P_PHYSICAL_LOW] if x < table[p, P_PHYSICAL_LOW] else table[p, P_PHYSICAL_HIGH]), 0.0
+        baseline[i] = base
+        spread[i] = spr
+
+        # One alarm per episode: after an alarm the series stays in its episode (QUIET >= 0)
+        # until `refractory` readings in a row, and `refractory_s` seconds, score below half
+        # the threshold.
+        if state[s, QUIET] >= 0.0:
+            state[s, QUIET] = state[s, QUIET] + 1.0 if sc < 0.5 * table[p, P_THRESHOLD] else 0.0
+            quiet_s = (t - state[s, ALARM_TS]) * 1e-6
+            if state[s, QUIET] >= table[p, P_REFRACTORY] and quiet_s >= table[p, P_REFRACTORY_S]:
+                state[s, QUIET] = -1.0
+        if sc >= table[p, P_THRESHOLD]:
+            if state[s, QUIET] < 0.0:
+                alarm[i] = True
+                state[s, ALARM_TS] = t
+                state[s, QUIET] = 0.0
+            if mask & (1 << 2):
+                # A level shift: judge what follows against the new level, not the old one.
+                state[s, CPOS] = 0.0
+                state[s, CNEG] = 0.0
+                state[s, SN] = 0.0
+                state[s, MED] = x
+
+        # Fold the reading in. Once warm, outliers enter clipped, so that a spike does not
+        # inflate the spread that judges the readings after it.
+        xf = min(max(x, state[s, MEAN] - clip * sd), state[s, MEAN] + clip * sd) if warm else x
+        d = xf - state[s, MEAN]
+        state[s, MEAN] += a * d
+        state[s, VAR] = (1.0 - a) * (state[s, VAR] + a * d * d)
+        xs = x
+        if warm and state[s, SN] >= table[p, P_WARMUP]:
+            xs = min(max(x, state[s, SMEAN] - clip * ssd), state[s, SMEAN] + clip * ssd)
+        if state[s, SN] == 0.0 and n > 0.0:
+            state[s, SMEAN] = xs  # restart the reference at the new level; keep the spread it had
         else:
-            alarms[i] = False
-        folded = x
-        if warmed:
-            hi = m + clip * eff
-            lo = m - clip * eff
-            if folded > hi:
-                folded = hi
-            elif folded < lo:
-                folded = lo
-        d = folded - m
-        inc = alpha * d
-        mean[s] = m + inc
-        var[s] = (1.0 - alpha) * (var[s] + d * inc)
-        count[s] = n + 1
+            d = xs - state[s, SMEAN]
+            state[s, SMEAN] += a_slow * d
+            state[s, SVAR] = (1.0 - a_slow) * (state[s, SVAR] + a_slow * d * d)
+        state[s, SN] += 1.0
+        if warm:
+            # Stochastic approximation of the median and of the MAD: steps of a fixed fraction of
+            # the spread towards the sample, whose fixed points are the medians.
+            step = a * max(_MAD_TO_SD * state[s, MAD], floor)
+            dev = x - state[s, MED]
+            state[s, MED] += step if dev > 0.0 else (-step if dev < 0.0 else 0.0)
+            dm = abs(dev) - state[s, MAD]
+            state[s, MAD] += a * max(state[s, MAD], floor) if dm > 0.0 else (-a * state[s, MAD] if dm < 0.0 else 0.0)
+        else:
+            # Warming up: mean and mean absolute deviation (0.8 sd; MAD is 0.67 sd).
+            state[s, MED] = state[s, MEAN]
+            state[s, MAD] += a * (0.845 * abs(x - state[s, MEAN]) - state[s, MAD])
+        dx = x - state[s, LAST_X]
+        if n > 0.0:
+            dxf = min(max(dx, -clip * dsd), clip * dsd) if warm else dx
+            state[s, DVAR] += a * (dxf * dxf - state[s, DVAR])
+            same = 1.0 if abs(dx) <= table[p, P_FLATLINE_EPS] else 0.0
+            state[s, EQ] += a_slow * (same - state[s, EQ])
+            state[s, RUN] = state[s, RUN] + 1.0 if same > 0.0 else 0.0
+            state[s, DT] = dt if n == 1.0 else state[s, DT] + a * (dt - state[s, DT])
+        if use_tod:
+            at = 1.0 - math.exp(-dt / (table[p, P_TOD_DAYS] * 86400.0 / bins)) if tod[slot, 3 * b + 2] > 0.0 else 1.0
+            if tod[slot, 3 * b + 2] >= table[p, P_WARMUP]:
+                tsd = max(math.sqrt(tod[slot, 3 * b + 1]), floor)
+                xt = min(max(x, tod[slot, 3 * b] - clip * tsd), tod[slot, 3 * b] + clip * tsd)
+            else:
+                xt = x
+                at = max(at, 1.0 / (tod[slot, 3 * b + 2] + 1.0))
+            d = xt - tod[slot, 3 * b]
+            tod[slot, 3 * b] += at * d
+            tod[slot, 3 * b + 1] = (1.0 - at) * (tod[slot, 3 * b + 1] + at * d * d)
+            tod[slot, 3 * b + 2] += 1.0
+        state[s, LAST_X] = x
+        state[s, LAST_TS] = max(state[s, LAST_TS], t)
+        state[s, STALE] = 0.0
+        state[s, N] = n + 1.0
 
 
-@dataclass(frozen=True)
-class EwmaParams:
-    alpha: float = 0.05
-    warmup: int = 30
-    threshold: float = 6.0
-    clip: float = 4.0
-    refractory: int = 20
-    min_spread: float = 1e-3
+@njit(cache=True, nogil=True, error_model="numpy")
+def stale_kernel(state: F64, profile_of: I64, table: F64, count: int, now_us: float, out: BOOL) -> None:
+    """Mark series silent for ``stale_intervals`` of their usual interval (at least
+    ``stale_min_s``), once per silence: the flag clears with the next reading."""
+    for s in range(count):
+        row = state[s]
+        out[s] = False
+        pr = table[profile_of[s]]
+        if row[N] < 2.0 or row[STALE] > 0.0 or pr[P_STALENESS] <= 0.0:
+            continue
+        gap = (now_us - row[LAST_TS]) * 1e-6
+        if gap >= max(pr[P_STALE_INTERVALS] * row[DT], pr[P_STALE_MIN_S]):
+            row[STALE] = 1.0
+            out[s] = True
 
 
 @dataclass
 class Scored:
     """Per-reading results of one batch, aligned with the input arrays."""
 
-    scores: F64
-    baselines: F64
-    spreads: F64
-    alarms: BOOL
+    score: F64  # combined score in [0, 1]
+    alarms: BOOL  # score >= threshold, outside the refractory period
+    fired: I64  # bit k set: detector Kind(k) alone reached the threshold
+    top: I64  # the detector with the smallest p (-1: none looked)
+    baselines: F64  # what the top detector expected ...
+    spreads: F64  # ... and its spread
+
+    def fired_names(self, i: int) -> list[str]:
+        bits = int(self.fired[i])
+        return [k.label for k in Kind if bits & (1 << k)]
 
 
-class EwmaZScore:
-    """EWMA z-score detector over many series; grows its state as new series appear."""
+class Detector:
+    """Every detector over many series; grows its state as new series appear.
 
-    name = "ewma_z"
+    ``bind`` gives a series its device class and metric (unbound series use the defaults);
+    ``reload`` swaps the profiles without touching any state.
+    """
 
-    def __init__(self, params: EwmaParams = EwmaParams(), capacity: int = 1024) -> None:
-        self.params = params
-        self.mean = np.zeros(capacity, np.float64)
-        self.var = np.zeros(capacity, np.float64)
-        self.count = np.zeros(capacity, np.int64)
-        self.since_alarm = np.zeros(capacity, np.int64)
+    def __init__(self, config: DetectorConfig | None = None, capacity: int = 1024) -> None:
+        self.state = np.zeros((capacity, NSTATE), np.float64)
+        self.profile_of = np.zeros(capacity, np.int64)
+        self.tod_slot = np.full(capacity, -1, np.int64)
+        self.tod = np.zeros((0, NTOD), np.float64)
+        self._bound: dict[int, tuple[str, str]] = {}
+        self._tod_used = 0
+        self.reload(config or DetectorConfig())
 
-    @property
-    def window(self) -> int:
-        return round(2.0 / self.params.alpha - 1.0)
+    # -- configuration ------------------------------------------------------------------------
+
+    def reload(self, config: DetectorConfig) -> None:
+        self.config = config
+        self._ids, self.profiles, self.table = config.compile()
+        self._zone = ZoneInfo(config.timezone)
+        for sid, (kind, metric) in self._bound.items():
+            self.profile_of[sid] = config.profile_id(self._ids, kind, metric)
+
+    def bind(self, sid: int, kind: str, metric: str) -> None:
+        self._grow(sid + 1)
+        self._bound[sid] = (kind, metric)
+        self.profile_of[sid] = self.config.profile_id(self._ids, kind, metric)
+
+    def profile(self, sid: int) -> Profile:
+        return self.profiles[int(self.profile_of[sid])] if sid < self.profile_of.shape[0] else self.profiles[0]
+
+    def window(self, sid: int, kind: Kind) -> str:
+        """The window a detector judged this series over, for an alert's explanation."""
+        p = self.profile(sid)
+        if kind in (Kind.CUSUM, Kind.FLATLINE):
+            return f"{p.slow_window_s:g} s" if p.slow_window_s else f"{p.slow_window} readings"
+        if kind is Kind.TOD:
+            return f"{p.tod_days:g} days in {p.tod_bins} bins"
+        if kind is Kind.LIMIT:
+            return f"{p.limit_window_s:g} s mean" if p.limit_window_s else "each reading"
+        if kind in (Kind.PHYSICAL, Kind.STALENESS):
+            return "each reading"
+        return f"{p.window_s:g} s" if p.window_s else f"{p.window} readings"
+
+    # -- state --------------------------------------------------------------------------------
 
     def _grow(self, needed: int) -> None:
-        size = self.mean.shape[0]
+        size = self.state.shape[0]
         if needed <= size:
             return
         new = max(needed, size * 2)
-        for name in ("mean", "var", "count", "since_alarm"):
-            old = getattr(self, name)
-            arr = np.zeros(new, old.dtype)
-            arr[:size] = old
-            setattr(self, name, arr)
+        self.state = np.concatenate([self.state, np.zeros((new - size, NSTATE))])
+        self.profile_of = np.concatenate([self.profile_of, np.zeros(new - size, np.int64)])
+        self.tod_slot = np.concatenate([self.tod_slot, np.full(new - size, -1, np.int64)])
 
-    def is_cold(self, series: int) -> bool:
-        """No reading of this series has been seen (since the process started)."""
-        return series >= self.count.shape[0] or self.count[series] == 0
+    def _give_tod_slots(self, series: I64) -> None:
+        """Time-of-day bins for the series whose profile wants them (most do not: they cost
+        ``NTOD`` floats each)."""
+        wants = self.table[self.profile_of[series], P_TOD] > 0
+        need = np.unique(series[wants & (self.tod_slot[series] < 0)])
+        if not need.size:
+            return
+        end = self._tod_used + need.size
+        if end > self.tod.shape[0]:
+            grown = np.zeros((max(end, 2 * self.tod.shape[0], 64), NTOD))
+            grown[: self.tod.shape[0]] = self.tod
+            self.tod = grown
+        self.tod_slot[need] = np.arange(self._tod_used, end)
+        self._tod_used = end
+
+    def is_cold(self, sid: int) -> bool:
+        """No reading of this series has been seen (since the process started or it was reset)."""
+        return sid >= self.state.shape[0] or self.state[sid, N] == 0
+
+    def last_ts(self, sid: int) -> int:
+        return int(self.state[sid, LAST_TS])
 
     def reset(self, series: I64) -> None:
-        """Forget these series (their partition moved to another consumer); they warm up again."""
-        series = series[series < self.count.shape[0]]
-        self.count[series] = 0
+        """Forget these series (their partition moved to another consumer)."""
+        series = series[series < self.state.shape[0]]
+        self.state[series] = 0.0
+        slots = self.tod_slot[series]
+        self.tod[slots[slots >= 0]] = 0.0
 
-    def update(self, series: I64, values: F64, feed: BOOL | None = None) -> Scored:
-        """Score a batch (readings of each series in time order) and advance the state with the
+    def snapshot(self, series: I64) -> list[bytes]:
+        """Each series' whole state, as bytes that ``restore`` takes back."""
+        out = []
+        for sid in series.tolist():
+            slot = self.tod_slot[sid] if sid < self.tod_slot.shape[0] else -1
+            tod = self.tod[slot] if slot >= 0 else np.zeros(0)
+            buf = io.BytesIO()
+            np.save(buf, np.concatenate([self.state[sid], tod]), allow_pickle=False)
+            out.append(buf.getvalue())
+        return out
+
+    def restore(self, series: I64, blobs: list[bytes]) -> None:
+        if not len(blobs):
+            return
+        self._grow(int(series.max()) + 1)
+        for sid, blob in zip(series.tolist(), blobs, strict=True):
+            try:
+                row = np.load(io.BytesIO(blob), allow_pickle=False)
+            except (ValueError, EOFError, OSError) as exc:
+                raise ValueError(f"unreadable detector snapshot: {exc}") from exc
+            if row.ndim != 1 or row.shape[0] not in (NSTATE, NSTATE + NTOD):
+                raise ValueError(f"detector snapshot of {row.shape[0]} values, expected {NSTATE} or {NSTATE + NTOD}")
+            self.state[sid] = row[:NSTATE]
+            self._give_tod_slots(np.array([sid], np.int64))
+            slot = self.tod_slot[sid]
+            if slot >= 0:
+                self.tod[slot] = row[NSTATE:] if row.shape[0] > NSTATE else 0.0
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the detector state (what a million series cost)."""
+        return int(self.state.nbytes + self.profile_of.nbytes + self.tod_slot.nbytes + self.tod.nbytes)
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def utc_offset_s(self, ts_us: int) -> float:
+        offset = datetime.fromtimestamp(ts_us / 1e6, UTC).astimezone(self._zone).utcoffset()
+        return offset.total_seconds() if offset is not None else 0.0
+
+    def update(self, series: I64, ts_us: I64, values: F64, feed: BOOL | None = None) -> Scored:
+        """Score a batch (each series' readings in time order) and advance the state with the
         readings ``feed`` selects (all by default)."""
         n = values.shape[0]
         if feed is None:
             feed = np.ones(n, np.bool_)
-        if n:
-            self._grow(int(series.max()) + 1)
-        out = Scored(np.empty(n), np.empty(n), np.empty(n), np.empty(n, np.bool_))
-        p = self.params
-        ewma_zscore_kernel(
+        out = Scored(
+            np.empty(n), np.empty(n, np.bool_), np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n), np.empty(n)
+        )
+        if not n:
+            return out
+        self._grow(int(series.max()) + 1)
+        self._give_tod_slots(series)
+        detect_kernel(
             series,
+            ts_us,
             values,
             feed,
-            self.mean,
-            self.var,
-            self.count,
-            self.since_alarm,
-            p.alpha,
-            p.warmup,
-            p.threshold,
-            p.clip,
-            p.refractory,
-            p.min_spread,
-            out.scores,
+            self.state,
+            self.profile_of,
+            self.table,
+            self.tod_slot,
+            self.tod,
+            self.utc_offset_s(int(ts_us[-1])),
+            out.score,
+            out.alarms,
+            out.fired,
+            out.top,
             out.baselines,
             out.spreads,
-            out.alarms,
         )
         return out
+
+    def stale(self, count: int, now_us: int) -> I64:
+        """Series ids (below ``count``) that just went silent."""
+        count = min(count, self.state.shape[0])
+        out = np.zeros(count, np.bool_)
+        stale_kernel(self.state, self.profile_of, self.table, count, float(now_us), out)
+        return np.flatnonzero(out).astype(np.int64)

@@ -14,3 +14,12 @@ LATENCY = Histogram("cityops_stream_latency_seconds", "Device timestamp to durab
 WARMUP_READINGS = Counter(
     "cityops_stream_warmup_readings_total", "Stored readings replayed into detectors for series seen for the first time"
 )
+STATES_RESTORED = Counter(
+    "cityops_stream_states_restored_total", "Series whose detector state was restored from a snapshot"
+)
+STATES_SAVED = Counter("cityops_stream_states_saved_total", "Series detector states saved to PostgreSQL")
+PROFILE_RELOADS = Counter("cityops_stream_profile_reloads_total", "Detector profile reloads", ["outcome"])
+DETECT_SECONDS = Histogram(
+    "cityops_stream_detect_seconds", "Time in the detector kernel per batch", buckets=LATENCY_BUCKETS
+)
+SERIES = Gauge("cityops_stream_series", "Series (device x metric) the detectors hold state for")

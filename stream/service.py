@@ -9,23 +9,37 @@ with the same ``alert_id`` (consumers deduplicate on it). Nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import msgspec
 import numpy as np
+import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 
 from cityops import log
-from cityops.contracts import Alert, DeadLetter, Reading, decode_reading, encode, now_us, to_datetime
+from cityops.contracts import (
+    METRICS,
+    Alert,
+    DeadLetter,
+    DeviceKind,
+    Reading,
+    decode_reading,
+    encode,
+    now_us,
+    to_datetime,
+)
 from cityops.kafka import make_consumer, make_producer
 from cityops.lifecycle import AsyncService
 from cityops.metrics import MetricsServer
 from stream import metrics
-from stream.detectors import BOOL, I64, EwmaParams, EwmaZScore
+from stream.detectors import BOOL, DT, I64, LAST_TS, LAST_X, Detector, DetectorConfig, Kind, Scored
+from stream.errors import ConfigError
+from stream.profiles import ProfileFile
 from stream.series import SeriesIndex
 from stream.settings import StreamSettings
-from stream.store import ReadingStore, Rows
+from stream.store import ReadingStore, Rows, save_states
 
 _log = log.get("stream")
 
@@ -37,7 +51,7 @@ class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
         self._service = service
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self._service.forget([tp.partition for tp in revoked])
+        await self._service.hand_over([tp.partition for tp in revoked])
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         pass
@@ -55,15 +69,13 @@ class StreamService(AsyncService):
         self._topics = settings.topics
         self.store = ReadingStore(settings.pg_dsn, mode=settings.storage_mode)
         self.series = SeriesIndex()
-        self.detector = EwmaZScore(
-            EwmaParams(
-                alpha=settings.ewma_alpha,
-                warmup=settings.ewma_warmup,
-                threshold=settings.ewma_threshold,
-                clip=settings.ewma_clip,
-                refractory=settings.ewma_refractory,
-            )
-        )
+        self.detector = Detector(DetectorConfig())  # the profiles file is read in start()
+        self._profiles = ProfileFile(settings.profiles)
+        self._kinds: list[str] = []  # device class per series id
+        self._dirty: set[int] = set()  # series whose state changed since the last snapshot
+        # Stream time: the newest reading's timestamp, and the wall clock when it arrived.
+        self._newest_us = 0
+        self._newest_at = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._series_by_partition: dict[int, set[int]] = {}
         self._producer: AIOKafkaProducer | None = None
@@ -71,6 +83,7 @@ class StreamService(AsyncService):
 
     async def start(self) -> None:
         s = self.settings
+        self.detector.reload(self._profiles.load())
         if s.metrics_port >= 0:
             self._metrics = MetricsServer(s.metrics_host, s.metrics_port)
             await self._metrics.start()
@@ -86,7 +99,13 @@ class StreamService(AsyncService):
             max_poll_records=s.max_batch,
         )
         await self._consumer.start()
-        _log.info("stream started", topic=self._topics.readings, group=s.group_id, storage=self.store.mode)
+        _log.info(
+            "stream started",
+            topic=self._topics.readings,
+            group=s.group_id,
+            storage=self.store.mode,
+            profiles=str(self._profiles.path),
+        )
 
     @property
     def metrics_port(self) -> int | None:
@@ -97,6 +116,11 @@ class StreamService(AsyncService):
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+        if self.store.mode is not None:
+            try:
+                await self.save_states(sorted(self._dirty))
+            except psycopg.Error as exc:
+                _log.warning("detector state not saved", error=str(exc))
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -106,21 +130,110 @@ class StreamService(AsyncService):
         _log.info("stream stopped")
 
     async def run(self) -> None:
-        """Consume until cancelled."""
+        """Consume until cancelled. Between batches, on the writer's own connection (never inside
+        a batch's transaction) and on the injected clock: rollup maintenance, profile reloads,
+        staleness, snapshots."""
         assert self._consumer is not None, "start() first"
-        interval_us = int(self.settings.maintenance_interval_s * 1_000_000)
-        next_maintenance = self._clock() + interval_us
+        s = self.settings
+        due: dict[str, float] = {}
+        every = {
+            "maintain": s.maintenance_interval_s,
+            "profiles": s.profiles_check_s,
+            "stale": s.stale_check_s,
+            "snapshot": s.snapshot_interval_s,
+        }
+        start = self._clock()
+        for name, seconds in every.items():
+            due[name] = start + seconds * 1e6
         while True:
-            batch = await self._consumer.getmany(
-                timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch
-            )
+            batch = await self._consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch)
             if batch:
                 await self.process(batch)
-            # Between batches, on the writer's own connection: never inside a batch's transaction.
             now = self._clock()
-            if now >= next_maintenance:
-                await self.store.maintain(to_datetime(now))
-                next_maintenance = now + interval_us
+            if now >= due["maintain"]:
+                await self.store.maintain(to_datetime(self._clock()))
+            if now >= due["profiles"]:
+                self.reload_profiles()
+            if now >= due["stale"]:
+                await self.check_staleness()
+            if now >= due["snapshot"]:
+                await self.save_states(sorted(self._dirty))
+            for name, at in due.items():
+                if now >= at:
+                    due[name] = now + every[name] * 1e6
+
+    def reload_profiles(self) -> bool:
+        """Apply the profile file if it changed; an invalid file keeps the profiles in force."""
+        try:
+            config = self._profiles.poll()
+        except ConfigError as exc:
+            metrics.PROFILE_RELOADS.labels("invalid").inc()
+            _log.error("detector profiles not reloaded", error=str(exc))
+            return False
+        if config is None:
+            return False
+        self.detector.reload(config)
+        metrics.PROFILE_RELOADS.labels("ok").inc()
+        _log.info("detector profiles reloaded", file=config.source, profiles=len(config.overrides) + 1)
+        return True
+
+    def stream_time(self) -> int:
+        """The newest reading's time, advanced by the wall clock since it arrived: while the
+        consumer catches up with a backlog, silence is judged against the data, not the clock."""
+        if not self._newest_us:
+            return 0
+        return self._newest_us + max(0, self._clock() - self._newest_at)
+
+    async def check_staleness(self) -> list[Alert]:
+        """Alert once for every series that went silent for several of its usual intervals."""
+        assert self._producer is not None
+        now = self.stream_time()
+        if not now:
+            return []
+        alerts = []
+        for sid in self.detector.stale(len(self.series), now).tolist():
+            device_id, metric = self.series.key(sid)
+            last_ts = int(self.detector.state[sid, LAST_TS])
+            interval = float(self.detector.state[sid, DT])
+            gap = (now - last_ts) / 1e6
+            alerts.append(
+                Alert(
+                    alert_id=Alert.make_id(device_id, metric, now, Kind.STALENESS.label),
+                    device_id=device_id,
+                    kind=self._kinds[sid],
+                    metric=metric,
+                    ts_us=now,
+                    value=float(self.detector.state[sid, LAST_X]),
+                    score=1.0,
+                    detector=Kind.STALENESS.label,
+                    baseline=interval,
+                    spread=0.0,
+                    window=int(self.detector.profile(sid).stale_intervals),
+                    seq=-1,
+                    gateway_us=now,
+                    emitted_us=self._clock(),
+                    detectors=[Kind.STALENESS.label],
+                    explanation=f"no {metric} reading for {gap:.0f} s; it usually comes every {interval:.3g} s",
+                )
+            )
+        if alerts:
+            await asyncio.gather(*[await self._send_alert(a) for a in alerts])
+        return alerts
+
+    async def save_states(self, series: list[int], conn: psycopg.AsyncConnection[object] | None = None) -> None:
+        """Snapshot these series' detector state to PostgreSQL."""
+        series = [sid for sid in series if not self.detector.is_cold(sid)]
+        if not series:
+            return
+        sids = np.asarray(series, np.int64)
+        await save_states(
+            conn or self.store.conn,
+            [self.series.key(sid) for sid in series],
+            self.detector.snapshot(sids),
+            [self.detector.last_ts(sid) for sid in series],
+        )
+        self._dirty.difference_update(series)
+        metrics.STATES_SAVED.inc(len(series))
 
     async def process(self, batch: Batch) -> None:
         assert self._consumer is not None and self._producer is not None
@@ -148,6 +261,9 @@ class StreamService(AsyncService):
                 owned = self._series_by_partition.setdefault(tp.partition, set())
                 for metric, v in reading.metrics.items():
                     sid = self.series.id(reading.device_id, metric)
+                    if sid == len(self._kinds):
+                        self._kinds.append(reading.kind)
+                        self.detector.bind(sid, reading.kind, metric)
                     owned.add(sid)
                     rows.device_ids.append(reading.device_id)
                     rows.metrics.append(metric)
@@ -196,8 +312,10 @@ class StreamService(AsyncService):
                 metrics.LAG.labels(str(tp.partition)).set(max(0, highwater - records[-1].offset - 1))
 
     async def _warm_up(self, series: I64, ts: I64, new: BOOL) -> None:
-        """Replay stored history into the detector for series it has not seen (or has forgotten),
-        up to the series' first new reading in this batch."""
+        """Bring series the detector has not seen (or has forgotten) up to date before their
+        first new reading in this batch: restore the saved state, if any, and replay the stored
+        readings after it (without one: the latest ``warmup_readings``). A restored series then
+        scores exactly as if the process had never stopped."""
         idx = np.flatnonzero(new)
         if not idx.size:
             return
@@ -207,54 +325,116 @@ class StreamService(AsyncService):
         cold = [(int(s), int(t)) for s, t in zip(unique, first_ts, strict=True) if self.detector.is_cold(int(s))]
         if not cold:
             return
-        hist_idx, _, hist_values = await self.store.history(
-            [self.series.key(s) for s, _ in cold],
-            [before for _, before in cold],
-            limit=self.settings.warmup_readings,
-            max_age_us=int(self.settings.warmup_max_age_s * 1_000_000),
+        keys = [self.series.key(s) for s, _ in cold]
+        saved = await self.store.load_states(keys)
+        floor = int(self.settings.warmup_max_age_s * 1_000_000)
+        after = [t - floor for _, t in cold]
+        restored = []
+        for i, (blob, last_ts) in saved.items():
+            sid, before = cold[i]
+            if last_ts < before:  # a state from the future of this batch would skip readings
+                restored.append((sid, blob))
+                after[i] = last_ts
+        if restored:
+            self.detector.restore(np.asarray([s for s, _ in restored], np.int64), [b for _, b in restored])
+            metrics.STATES_RESTORED.inc(len(restored))
+        hist_idx, hist_ts, hist_values = await self.store.history(
+            keys, [before for _, before in cold], after, limit=self.settings.warmup_readings
         )
         if hist_idx:
             sids = np.asarray([cold[i][0] for i in hist_idx], np.int64)
-            self.detector.update(sids, np.asarray(hist_values, np.float64))
+            self.detector.update(sids, np.asarray(hist_ts, np.int64), np.asarray(hist_values, np.float64))
             metrics.WARMUP_READINGS.inc(len(hist_idx))
 
+    async def hand_over(self, partitions: list[int]) -> None:
+        """Partitions move to another consumer: save their series' state for the new owner
+        (on a connection of its own: a batch may hold the writer's), then forget it, so that
+        if they come back they resume from what the other consumer saved meanwhile."""
+        owned = sorted(set().union(*(self._series_by_partition.get(p, set()) for p in partitions)))
+        if owned and self.store.mode is not None:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.settings.pg_dsn, autocommit=True) as conn:
+                    await self.save_states(owned, conn)
+            except psycopg.Error as exc:
+                _log.warning("detector state not handed over", error=str(exc))
+        self.forget(partitions)
+
     def forget(self, partitions: list[int]) -> None:
-        """Partitions moved to another consumer: drop their series' state, so that if they come
-        back the series warm up from what the other consumer stored meanwhile."""
         for partition in partitions:
             owned = self._series_by_partition.pop(partition, set())
             if owned:
                 self.detector.reset(np.fromiter(owned, np.int64))
+                self._dirty.difference_update(owned)
 
     async def _detect(self, rows: Rows, new: BOOL) -> list[Alert]:
         if not rows:
             return []
         series, values, ts = rows.arrays()
         await self._warm_up(series, ts, new)
-        scored = self.detector.update(series, values, new)
+        began = time.perf_counter()
+        scored = self.detector.update(series, ts, values, new)
+        metrics.DETECT_SECONDS.observe(time.perf_counter() - began)
+        metrics.SERIES.set(len(self.series))
+        self._dirty.update(np.unique(series[new]).tolist())
+        newest = int(ts.max())
+        if newest > self._newest_us:
+            self._newest_us, self._newest_at = newest, self._clock()
         emitted = self._clock()
-        alerts = []
-        for i in np.flatnonzero(scored.alarms):
-            device_id, metric = rows.device_ids[i], rows.metrics[i]
-            alerts.append(
-                Alert(
-                    alert_id=Alert.make_id(device_id, metric, int(ts[i]), self.detector.name),
-                    device_id=device_id,
-                    kind=rows.kind_of[device_id],
-                    metric=metric,
-                    ts_us=int(ts[i]),
-                    value=float(values[i]),
-                    score=float(scored.scores[i]),
-                    detector=self.detector.name,
-                    baseline=float(scored.baselines[i]),
-                    spread=float(scored.spreads[i]),
-                    window=self.detector.window,
-                    seq=rows.seq[i],
-                    gateway_us=rows.gateway_us[i],
-                    emitted_us=emitted,
-                )
-            )
-        return alerts
+        return [self._alert(rows, scored, int(i), emitted) for i in np.flatnonzero(scored.alarms)]
+
+    def _alert(self, rows: Rows, scored: Scored, i: int, emitted: int) -> Alert:
+        device_id, metric, sid = rows.device_ids[i], rows.metrics[i], rows.series[i]
+        top = Kind(int(scored.top[i]))
+        names = scored.fired_names(i) or [top.label]
+        return Alert(
+            alert_id=Alert.make_id(device_id, metric, rows.ts_us[i], top.label),
+            device_id=device_id,
+            kind=rows.kind_of[device_id],
+            metric=metric,
+            ts_us=rows.ts_us[i],
+            value=rows.values[i],
+            score=float(scored.score[i]),
+            detector=top.label,
+            baseline=float(scored.baselines[i]),
+            spread=float(scored.spreads[i]),
+            window=self._window_readings(sid, top),
+            seq=rows.seq[i],
+            gateway_us=rows.gateway_us[i],
+            emitted_us=emitted,
+            detectors=names,
+            explanation=self._explain(sid, rows.kind_of[device_id], metric, rows.values[i], scored, i, top),
+        )
+
+    def _window_readings(self, sid: int, kind: Kind) -> int:
+        p = self.detector.profile(sid)
+        interval = max(float(self.detector.state[sid, DT]), 1e-6)
+        if kind in (Kind.CUSUM, Kind.FLATLINE):
+            return round(p.slow_window_s / interval) if p.slow_window_s else p.slow_window
+        if kind in (Kind.EWMA, Kind.ROBUST, Kind.ROC):
+            return round(p.window_s / interval) if p.window_s else p.window
+        if kind is Kind.LIMIT and p.limit_window_s:
+            return round(p.limit_window_s / interval)
+        return 1
+
+    def _explain(self, sid: int, kind: str, metric: str, value: float, scored: Scored, i: int, top: Kind) -> str:
+        spec = METRICS.get(DeviceKind(kind), {}).get(metric) if kind in DeviceKind.__members__.values() else None
+        unit = f" {spec.unit}" if spec is not None else ""
+        base, spread = float(scored.baselines[i]), float(scored.spreads[i])
+        window = self.detector.window(sid, top)
+        if top is Kind.LIMIT:
+            p = self.detector.profile(sid)
+            side = "below" if base == p.limit_low else "above"
+            source = f" ({p.limit_source})" if p.limit_source else ""
+            return f"{metric} {side} its limit of {base:g}{unit} over {window}: {value:.4g}{unit} now{source}"
+        if top is Kind.PHYSICAL:
+            return f"{metric} = {value:.4g}{unit} is outside what a working sensor reads (limit {base:g}{unit})"
+        if top is Kind.FLATLINE:
+            return f"{metric} stuck at {value:.4g}{unit}, unusual for this series (base rate over {window})"
+        p_text = f"p < 1e-{scored.score[i] * 10:.1f}"
+        return (
+            f"{metric} = {value:.4g}{unit}, expected {base:.4g} +- {spread:.2g}{unit} by {top.label} over {window}; "
+            f"{p_text}; detectors: {', '.join(scored.fired_names(i)) or top.label}"
+        )
 
     async def _send_alert(self, alert: Alert) -> asyncio.Future[object]:
         assert self._producer is not None

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic_settings import SettingsConfigDict
 
 from cityops.settings import STREAM_METRICS_PORT, CommonSettings
+from stream.profiles import DEFAULT_FILE
 
 
 class StreamSettings(CommonSettings):
@@ -15,16 +18,20 @@ class StreamSettings(CommonSettings):
     max_batch: int = 5_000
     poll_timeout_ms: int = 200
     maintenance_interval_s: float = 60.0
-    # EWMA z-score detector (see stream.detectors.EwmaParams).
-    ewma_alpha: float = 0.05
-    ewma_warmup: int = 30
-    ewma_threshold: float = 6.0
-    ewma_clip: float = 4.0
-    ewma_refractory: int = 20
-    # A series the process has not seen yet (after a restart or a rebalance) is warmed up from
-    # its latest stored readings, so it neither misses the next anomaly nor alarms on noise.
+    # Detector profiles per device class and metric (stream/profiles.toml documents them).
+    # The running service re-reads the file within ``profiles_check_s`` of a change.
+    profiles: Path = DEFAULT_FILE
+    profiles_check_s: float = 2.0
+    # Silent series are looked for this often (staleness alerts), in stream time: the newest
+    # reading's time, advanced by the wall clock since it arrived.
+    stale_check_s: float = 10.0
+    # Detector state goes to PostgreSQL this often, at stop and when partitions move away, so
+    # a restarted or rebalanced consumer resumes it and replays the readings stored since.
+    snapshot_interval_s: float = 60.0
+    # A series the process has not seen (after a restart or a rebalance) without a saved state
+    # warms up from its latest stored readings, so it neither misses the next anomaly nor
+    # alarms on noise. The age cap keeps a long-silent device from waking on stale history.
     warmup_readings: int = 200
-    # Bounded by count; the age cap only keeps a long-silent device from waking on stale state.
-    warmup_max_age_s: float = 30 * 86_400
+    warmup_max_age_s: float = 7 * 86_400
     metrics_host: str = "127.0.0.1"
     metrics_port: int = STREAM_METRICS_PORT

@@ -57,19 +57,45 @@ FROM readings_stage
 
 HISTORY = """
 SELECT q.idx, h.ts_us, h.value
-FROM unnest(%(idx)s::int[], %(dev)s::text[], %(met)s::text[], %(before)s::bigint[])
-     AS q(idx, device_id, metric, before_us)
+FROM unnest(%(idx)s::int[], %(dev)s::text[], %(met)s::text[], %(before)s::bigint[], %(after)s::bigint[])
+     AS q(idx, device_id, metric, before_us, after_us)
 CROSS JOIN LATERAL (
     SELECT (EXTRACT(EPOCH FROM r.ts) * 1000000)::bigint AS ts_us, r.value
     FROM readings r
     WHERE r.device_id = q.device_id AND r.metric = q.metric
       AND r.ts < TIMESTAMPTZ 'epoch' + q.before_us * INTERVAL '1 microsecond'
-      AND r.ts >= TIMESTAMPTZ 'epoch' + (q.before_us - %(age)s) * INTERVAL '1 microsecond'
+      AND r.ts > TIMESTAMPTZ 'epoch' + q.after_us * INTERVAL '1 microsecond'
     ORDER BY r.ts DESC
     LIMIT %(lim)s
 ) h
 ORDER BY q.idx, h.ts_us
 """
+
+
+LOAD_STATES = """
+SELECT q.idx, s.state, (EXTRACT(EPOCH FROM s.last_ts) * 1000000)::bigint
+FROM unnest(%(dev)s::text[], %(met)s::text[]) WITH ORDINALITY AS q(device_id, metric, idx)
+JOIN detector_state s USING (device_id, metric)
+"""
+
+SAVE_STATES = """
+INSERT INTO detector_state (device_id, metric, state, last_ts)
+SELECT d, m, s, TIMESTAMPTZ 'epoch' + t * INTERVAL '1 microsecond'
+FROM unnest(%(dev)s::text[], %(met)s::text[], %(state)s::bytea[], %(ts)s::bigint[]) AS q(d, m, s, t)
+ON CONFLICT (device_id, metric) DO UPDATE
+SET state = excluded.state, last_ts = excluded.last_ts, saved_at = now()
+"""
+
+
+async def save_states(
+    conn: psycopg.AsyncConnection[object], keys: list[tuple[str, str]], states: list[bytes], last_ts: list[int]
+) -> None:
+    """Upsert detector state per series (on any connection: see StreamService.save_states)."""
+    if keys:
+        await conn.execute(
+            SAVE_STATES,
+            {"dev": [k[0] for k in keys], "met": [k[1] for k in keys], "state": states, "ts": last_ts},
+        )
 
 
 @dataclass
@@ -165,9 +191,10 @@ class ReadingStore(AsyncService):
         return new
 
     async def history(
-        self, keys: list[tuple[str, str]], before_us: list[int], *, limit: int, max_age_us: int
+        self, keys: list[tuple[str, str]], before_us: list[int], after_us: list[int], *, limit: int
     ) -> tuple[list[int], list[int], list[float]]:
-        """The latest ``limit`` stored readings of each series before its time in ``before_us``.
+        """The latest ``limit`` stored readings of each series strictly between its times in
+        ``after_us`` and ``before_us``.
 
         Returns (key index, ts_us, value), each series in time order: what a detector that
         starts cold replays to pick up where the previous process left off.
@@ -181,7 +208,7 @@ class ReadingStore(AsyncService):
                 "dev": [k[0] for k in keys],
                 "met": [k[1] for k in keys],
                 "before": before_us,
-                "age": max_age_us,
+                "after": after_us,
                 "lim": limit,
             },
         )
@@ -191,6 +218,13 @@ class ReadingStore(AsyncService):
             [int(r[1]) for r in rows],  # type: ignore[index]
             [float(r[2]) for r in rows],  # type: ignore[index]
         )
+
+    async def load_states(self, keys: list[tuple[str, str]]) -> dict[int, tuple[bytes, int]]:
+        """Saved detector state per key index: (state, ts of the last reading it folded in)."""
+        if not keys:
+            return {}
+        cur = await self.conn.execute(LOAD_STATES, {"dev": [k[0] for k in keys], "met": [k[1] for k in keys]})
+        return {int(r[0]) - 1: (bytes(r[1]), int(r[2])) for r in await cur.fetchall()}  # type: ignore[index]
 
     async def maintain(self, now: datetime) -> None:
         """Native mode: fold new data into the rollups, create tomorrow's partitions, drop expired ones.

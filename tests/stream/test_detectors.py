@@ -1,91 +1,307 @@
-"""The Numba kernel against a plain NumPy/Python reference of the same recurrence."""
+"""The detector kernel's behaviour: what each detector catches, calibration, alarm hygiene,
+determinism, snapshot/restore, reloads and adversarial input (hypothesis)."""
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from stream.detectors import EwmaParams, EwmaZScore
+from stream.detectors import NSTATE, Detector, DetectorConfig, Kind, Scored
+from stream.errors import ConfigError
+from stream.profiles import DEFAULT_FILE
 
-
-def reference(values: np.ndarray, p: EwmaParams) -> tuple[np.ndarray, np.ndarray]:
-    """EWMA z-score for ONE series, written for clarity, not speed."""
-    scores = np.zeros(len(values))
-    alarms = np.zeros(len(values), bool)
-    mean, var, since = values[0], 0.0, p.refractory
-    for i in range(1, len(values)):
-        x = values[i]
-        spread = max(np.sqrt(var), p.min_spread * (abs(mean) + 1.0))
-        warmed = i >= p.warmup
-        z = abs(x - mean) / spread if warmed else 0.0
-        scores[i] = z
-        since += 1
-        if z >= p.threshold and since > p.refractory:
-            alarms[i], since = True, 0
-        folded = np.clip(x, mean - p.clip * spread, mean + p.clip * spread) if warmed else x
-        d = folded - mean
-        mean = mean + p.alpha * d
-        var = (1 - p.alpha) * (var + d * p.alpha * d)
-    return scores, alarms
+T0 = 1_795_000_000_000_000
+ONLY = {"ewma": False, "robust": False, "cusum": False, "roc": False, "flatline": False}
 
 
-def test_kernel_matches_reference_on_interleaved_series() -> None:
-    rng = np.random.default_rng(3)
-    p = EwmaParams(alpha=0.1, warmup=10, threshold=4.0, refractory=5)
-    n_series, n = 5, 400
-    data = [rng.normal(10 * s, 1 + s, n) for s in range(n_series)]
-    for s in range(n_series):
-        data[s][rng.integers(50, n, 4)] += 15 * (1 + s)  # spikes
-    # Interleave the series the way a Kafka batch would, split over several batches.
-    order = np.repeat(np.arange(n_series), n).reshape(n_series, n).T.ravel()
-    values = np.stack(data, axis=1).ravel()
-    det = EwmaZScore(p, capacity=2)  # forces state growth too
-    scores = np.empty_like(values)
-    alarms = np.empty(len(values), bool)
-    for lo in range(0, len(values), 333):
-        out = det.update(order[lo : lo + 333].astype(np.int64), values[lo : lo + 333])
-        scores[lo : lo + 333] = out.scores
-        alarms[lo : lo + 333] = out.alarms
-    for s in range(n_series):
-        ref_scores, ref_alarms = reference(data[s], p)
-        np.testing.assert_allclose(scores[order == s], ref_scores, rtol=1e-9, atol=1e-9)
-        np.testing.assert_array_equal(alarms[order == s], ref_alarms)
-    assert alarms.sum() >= n_series  # the spikes were found
+def config(**defaults: object) -> DetectorConfig:
+    return DetectorConfig.parse({"defaults": defaults})
 
 
-def test_spike_alarms_once_and_does_not_blind_the_detector() -> None:
-    rng = np.random.default_rng(0)
-    values = rng.normal(100.0, 1.0, 300)
-    values[200] = 160.0
-    values[260] = 140.0
-    det = EwmaZScore(EwmaParams(refractory=20))
-    out = det.update(np.zeros(300, np.int64), values)
-    assert set(np.flatnonzero(out.alarms)) == {200, 260}
-    assert out.baselines[200] == np.float64(out.baselines[200])
-    assert abs(out.baselines[201] - 100.0) < 3.0  # clipping kept the spike out of the baseline
+def run(det: Detector, values: np.ndarray, *, interval_s: float = 10.0, sid: int = 0, t0: int = T0) -> Scored:
+    ts = t0 + (np.arange(len(values)) * interval_s * 1e6).astype(np.int64)
+    return det.update(np.full(len(values), sid, np.int64), ts, np.asarray(values, np.float64))
 
 
-def test_no_alarms_during_warm_up() -> None:
-    values = np.array([1.0, 1.0, 50.0, 1.0])
-    out = EwmaZScore(EwmaParams(warmup=30)).update(np.zeros(4, np.int64), values)
-    assert not out.alarms.any()
+def noise(n: int, seed: int = 1, level: float = 50.0) -> np.ndarray:
+    return level + np.random.default_rng(seed).normal(0, 1, n)
 
 
-def test_readings_not_fed_leave_the_state_alone() -> None:
-    rng = np.random.default_rng(1)
-    values = rng.normal(50.0, 1.0, 200)
-    once, twice = EwmaZScore(), EwmaZScore()
-    once.update(np.zeros(200, np.int64), values)
-    twice.update(np.zeros(150, np.int64), values[:150])
-    # A replay of 50 already-stored readings (not fed), then the rest: same state as one pass.
-    feed = np.r_[np.zeros(50, np.bool_), np.ones(50, np.bool_)]
-    replay = twice.update(np.zeros(100, np.int64), values[100:], feed)
-    assert not replay.alarms[:50].any() and (replay.scores[:50] == 0).all()
-    assert (once.mean[0], once.var[0], once.count[0]) == (twice.mean[0], twice.var[0], twice.count[0])
+def alarms(out: Scored) -> list[int]:
+    return np.flatnonzero(out.alarms).tolist()
 
 
-def test_reset_series_are_cold_again() -> None:
-    det = EwmaZScore()
-    det.update(np.array([0, 1, 0, 1], np.int64), np.array([1.0, 2.0, 1.0, 2.0]))
-    assert not det.is_cold(0) and not det.is_cold(1)
-    det.reset(np.array([1, 99], np.int64))  # 99 was never seen
-    assert not det.is_cold(0) and det.is_cold(1) and det.is_cold(99)
+# -- each detector catches its anomaly ------------------------------------------------------
+
+
+def test_a_spike_alarms_once_with_an_explanation() -> None:
+    x = noise(400)
+    x[300] += 15
+    out = run(Detector(), x)
+    assert alarms(out) == [300]
+    assert {"ewma", "robust", "roc"} <= set(out.fired_names(300))
+    assert abs(out.baselines[300] - 50) < 0.5 and 0.5 < out.spreads[300] < 2
+    assert out.score[300] == 1.0  # 15 sd: far beyond 1e-10
+
+
+def test_a_level_shift_alarms_once_and_the_baseline_follows() -> None:
+    x = noise(1200)
+    x[600:] += 4  # 4 sd: each reading alone is unremarkable at 1e-5, the run is not
+    out = run(Detector(), x)
+    assert len(alarms(out)) == 1 and 600 <= alarms(out)[0] <= 615
+    assert out.score[900:].max() < 0.5  # the new level is the new normal
+
+
+def test_small_shift_only_cusum_sees() -> None:
+    x = noise(2000, seed=3)
+    x[1000:] += 1.5
+    plain = run(Detector(config(cusum=False)), x)
+    with_cusum = run(Detector(), x)
+    assert not alarms(plain)[0:1] or alarms(plain)[0] < 1000
+    first = [i for i in alarms(with_cusum) if i >= 1000]
+    assert first and first[0] < 1100 and with_cusum.top[first[0]] == Kind.CUSUM
+
+
+def test_a_stuck_sensor_is_a_flatline() -> None:
+    x = noise(600)
+    x[400:] = x[399]
+    out = run(Detector(), x)
+    (i,) = [i for i in alarms(out) if i >= 400]
+    assert out.top[i] == Kind.FLATLINE and i < 420
+    # A series that is always constant (a switch) never alarms as stuck.
+    assert not alarms(run(Detector(), np.zeros(600)))
+
+
+def test_rate_of_change_limit_is_physical() -> None:
+    x = 100 + np.arange(300) * 0.01
+    x[200] += 5.0  # within every statistical band after a 0.5/s cap? no: 5 units in 10 s
+    det = Detector(config(**{**ONLY, "roc": True}, max_rate=0.2, warmup=5))
+    out = run(det, x)
+    assert alarms(out) == [200] and out.top[200] == Kind.ROC
+
+
+def test_limits_use_their_averaging_period() -> None:
+    # pH creeping over 9.5: single readings over it do not count, a 15-minute mean does.
+    det = Detector(config(**ONLY, limit_high=9.5, limit_window_s=900, warmup=5))
+    x = np.full(600, 7.5)
+    x[100] = 12.0  # one wild reading: the 15-min mean barely moves
+    x[300:] = 9.9
+    out = run(det, x, interval_s=10)
+    (i,) = alarms(out)
+    assert i > 300 and out.top[i] == Kind.LIMIT and out.baselines[i] == 9.5
+    assert (i - 300) * 10 < 900  # the mean (of the same mean age as a 15-min average) crosses in time
+
+
+def test_physical_limits_alarm_from_the_first_reading() -> None:
+    out = run(Detector(config(physical_high=100.0)), np.array([150.0, 50.0]))
+    assert alarms(out) == [0] and out.top[0] == Kind.PHYSICAL
+
+
+def test_time_of_day_baseline_learns_a_daily_pattern() -> None:
+    # A lamp's power: 0 W by day, 100 W by night. After a few days the evening switch-on is
+    # normal; a lamp dark at night is not.
+    interval = 600.0
+    days = 8
+    hours = (np.arange(int(days * 86400 / interval)) * interval / 3600) % 24
+    x = np.where((hours >= 18) | (hours < 6), 100.0, 0.0) + np.random.default_rng(2).normal(0, 0.5, hours.size)
+    fault = int(7 * 86400 / interval + 20 * 3600 / interval)  # day 7, 20:00
+    x[fault : fault + 6] = 0.0
+    det = Detector(config(**ONLY, tod=True, tod_days=3, warmup=3, resolution=1.0))
+    out = run(det, x, interval_s=interval)
+    late = [i for i in alarms(out) if i > 4 * 86400 / interval]
+    assert late == [fault]
+    assert out.top[fault] == Kind.TOD and abs(out.baselines[fault] - 100) < 5
+
+
+def test_staleness_fires_once_per_silence() -> None:
+    det = Detector()
+    run(det, noise(50), interval_s=10)
+    last = T0 + 49 * 10_000_000
+    assert det.stale(1, last + 20_000_000).size == 0  # 2 intervals: still fine
+    assert det.stale(1, last + 60_000_000).tolist() == [0]  # 6 intervals, > 30 s minimum
+    assert det.stale(1, last + 120_000_000).size == 0  # once per silence
+    run(det, noise(5), interval_s=10, t0=last + 130_000_000)
+    assert det.stale(1, last + 400_000_000).tolist() == [0]
+
+
+# -- calibration and hygiene ----------------------------------------------------------------
+
+
+def test_scores_are_calibrated_on_gaussian_noise() -> None:
+    """Under the null, P(score >= s) is about 10**(-10 s): the score is a tail probability."""
+    det = Detector(config(cusum=False, flatline=False))
+    series = np.repeat(np.arange(200, dtype=np.int64), 1)
+    rng = np.random.default_rng(7)
+    scores = []
+    for k in range(600):
+        ts = np.full(200, T0 + k * 10_000_000, np.int64)
+        scores.append(det.update(series, ts, rng.normal(0, 1, 200)).score)
+    s = np.concatenate(scores[60:])  # after warm-up
+    for level in (0.1, 0.2, 0.3):
+        rate = float((s >= level).mean())
+        expected = 10 ** (-10 * level)
+        assert expected / 4 < rate < expected * 4, (level, rate, expected)
+
+
+def test_a_persistent_anomaly_is_one_episode() -> None:
+    x = noise(600)
+    x[300:360] += np.where(np.arange(60) % 2 == 0, 12, -12)  # 60 readings of violent noise
+    out = run(Detector(config(refractory=30)), x)
+    assert len([i for i in alarms(out) if 300 <= i < 400]) == 1
+    # After `refractory` quiet readings the series re-arms.
+    x[500] += 20
+    assert 500 in alarms(run(Detector(config(refractory=30)), x))
+
+
+def test_refractory_in_seconds() -> None:
+    x = noise(200)
+    x[[100, 140]] += 20
+    assert alarms(run(Detector(config(refractory=5)), x)) == [100, 140]
+    assert alarms(run(Detector(config(refractory=5, refractory_s=3600)), x)) == [100]
+
+
+# -- determinism, state, configuration ------------------------------------------------------
+
+
+def interleaved(n_series: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    series = rng.integers(0, n_series, n).astype(np.int64)
+    counts = np.zeros(n_series, np.int64)
+    ts = np.empty(n, np.int64)
+    for i, s in enumerate(series):
+        ts[i] = T0 + counts[s] * 10_000_000
+        counts[s] += 1
+    values = rng.normal(0, 1, n) * (1 + series) + series * 10
+    values[rng.random(n) < 0.01] += 30
+    return series, ts, values
+
+
+def test_batch_boundaries_do_not_matter() -> None:
+    series, ts, values = interleaved(20, 6000, seed=4)
+    whole = Detector(DetectorConfig.load(DEFAULT_FILE)).update(series, ts, values)
+    det = Detector(DetectorConfig.load(DEFAULT_FILE))
+    cuts = [0, 1, 37, 1000, 1001, 4500, 6000]
+    parts = [det.update(series[a:b], ts[a:b], values[a:b]) for a, b in itertools.pairwise(cuts)]
+    np.testing.assert_array_equal(np.concatenate([p.score for p in parts]), whole.score)
+    np.testing.assert_array_equal(np.concatenate([p.alarms for p in parts]), whole.alarms)
+
+
+def test_a_restored_detector_scores_exactly_like_an_uninterrupted_one() -> None:
+    cfg = DetectorConfig.parse({"defaults": {"tod": True}})
+    series, ts, values = interleaved(30, 8000, seed=5)
+    uninterrupted = Detector(cfg).update(series, ts, values)
+
+    first = Detector(cfg)
+    first.update(series[:5000], ts[:5000], values[:5000])
+    sids = np.arange(30, dtype=np.int64)
+    blobs = first.snapshot(sids)
+    second = Detector(cfg, capacity=4)  # another process, laid out differently
+    second.update(np.array([29], np.int64), np.array([T0], np.int64), np.array([1.0]))  # some other state
+    second.reset(np.array([29], np.int64))
+    second.restore(sids[::-1].copy(), blobs[::-1])
+    resumed = second.update(series[5000:], ts[5000:], values[5000:])
+    np.testing.assert_array_equal(resumed.score, uninterrupted.score[5000:])
+    np.testing.assert_array_equal(resumed.alarms, uninterrupted.alarms[5000:])
+
+
+def test_a_snapshot_of_another_layout_is_refused() -> None:
+    with pytest.raises(ValueError, match="snapshot"):
+        Detector().restore(np.array([0], np.int64), [Detector().snapshot(np.array([0], np.int64))[0][:-8]])
+
+
+def test_reload_changes_behaviour_and_keeps_state() -> None:
+    x = noise(400)
+    x[300] += 5  # p ~ 6e-7: score ~0.55 after correction
+    det = Detector(config(threshold=0.9))
+    assert not alarms(run(det, x[:300]))
+    det.reload(config(threshold=0.4))
+    out = run(det, x[300:], t0=T0 + 300 * 10_000_000)
+    assert alarms(out) == [0]  # warm state kept: no new warm-up
+
+
+def test_profiles_resolve_by_kind_and_metric() -> None:
+    cfg = DetectorConfig.load(DEFAULT_FILE)
+    assert cfg.profile("water_quality", "ph").limit_high == 9.5
+    assert cfg.profile("water_quality", "ph").slow_window == 1440  # the kind's override
+    assert cfg.profile("water_quality", "ph").limit_source.startswith("Directive (EU) 2020/2184")
+    assert cfg.profile("lamp_pole", "dim_level").ewma is False
+    assert cfg.profile("nothing", "else") == cfg.default
+    det = Detector(cfg)
+    det.bind(0, "water_quality", "ph")
+    det.bind(1, "env_station", "pm25_ugm3")
+    assert det.profile(0).limit_low == 6.5 and det.profile(1).limit_window_s == 86400
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"defaults": {"window": 1}}, "window"),
+        ({"defaults": {"nope": 1}}, "nope"),
+        ({"kinds": {"pipe_node": {"metrics": {"flow_m3h": {"limit_low": 5, "limit_high": 1}}}}}, "limit_low"),
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+    ],
+)
+def test_invalid_profiles_are_refused_with_the_reason(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DetectorConfig.parse(raw)
+
+
+def test_state_is_small() -> None:
+    det = Detector(capacity=1_000_000)
+    assert det.nbytes / 1_000_000 == NSTATE * 8 + 16  # one row and two ids per series
+    assert det.nbytes < 2**30
+
+
+# -- adversarial input ----------------------------------------------------------------------
+
+finite = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False)
+anything = st.one_of(finite, st.just(math.nan), st.just(math.inf), st.just(-math.inf), st.just(1e300))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    values=st.lists(anything, min_size=1, max_size=300),
+    steps=st.lists(st.integers(min_value=-5, max_value=50), min_size=1, max_size=300),
+)
+def test_any_input_gives_scores_in_range_and_never_poisons_the_state(values: list[float], steps: list[int]) -> None:
+    """NaN, infinities, huge values, duplicate and backwards timestamps: scores stay in [0, 1],
+    non-finite readings are skipped, and the state stays finite so normal data scores again."""
+    n = len(values)
+    ts = T0 + np.cumsum(np.resize(np.asarray(steps, np.int64), n)) * 1_000_000
+    det = Detector(DetectorConfig.parse({"defaults": {"tod": True, "limit_high": 1e9, "limit_window_s": 60}}))
+    x = np.asarray(values, np.float64)
+    out = det.update(np.zeros(n, np.int64), ts, x)
+    assert np.all((out.score >= 0) & (out.score <= 1))
+    assert not out.alarms[~np.isfinite(x)].any() and np.all(out.score[~np.isfinite(x)] == 0)
+    assert np.isfinite(det.state[0]).all()
+    folded = int((np.abs(x) <= 1e100).sum())
+    assert det.state[0, 0] == folded
+    after = det.update(np.zeros(3, np.int64), ts[-1] + np.arange(1, 4) * 1_000_000, np.ones(3))
+    assert np.all((after.score >= 0) & (after.score <= 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(level=finite, n=st.integers(min_value=40, max_value=400))
+def test_a_constant_series_never_alarms(level: float, n: int) -> None:
+    assert not run(Detector(), np.full(n, level)).alarms.any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**32 - 1), dup=st.integers(min_value=1, max_value=4))
+def test_unfed_readings_are_scored_zero_and_change_nothing(seed: int, dup: int) -> None:
+    """Redelivered readings (feed False) leave the detector exactly where it was."""
+    x = noise(200, seed=seed % 1000)
+    ts = T0 + np.arange(200, dtype=np.int64) * 10_000_000
+    a, b = Detector(), Detector()
+    a.update(np.zeros(200, np.int64), ts, x)
+    idx = np.repeat(np.arange(200), dup)
+    feed = np.zeros(idx.size, np.bool_)
+    feed[::dup] = True
+    out = b.update(np.zeros(idx.size, np.int64), ts[idx], x[idx], feed)
+    np.testing.assert_array_equal(a.state[0], b.state[0])
+    assert np.all(out.score[~feed] == 0)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+
+import numpy as np
 
 from cityops import contracts
 from cityops.contracts import Reading, Topics
@@ -10,6 +13,8 @@ from cityops.kafka import make_producer
 from cityops.schema import StorageMode
 from cityops.stack import Stack
 from stream import StreamService, StreamSettings
+from stream.detectors import Detector, DetectorConfig
+from stream.profiles import DEFAULT_FILE
 from tests.helpers import eventually, produce, read_topic, scalar
 
 T0 = contracts.to_us(contracts.to_datetime(0).replace(year=2026, month=11, day=21, hour=9))
@@ -128,3 +133,133 @@ async def test_a_batch_opening_with_an_old_duplicate_does_not_fool_a_cold_detect
     ]
     assert after == first  # nothing new: 201 is normal for the level the series had settled at
     assert all(seq < 201 for seq in after)
+
+
+def _noisy(device: str, i: int, *, spike: dict[int, float] | None = None) -> Reading:
+    """A pressure series with deterministic noise (sd about 1 kPa) and optional spikes."""
+    jitter = ((i * 7919) % 13 - 6) / 3.7
+    value = 400.0 + jitter + (spike or {}).get(i, 0.0)
+    return Reading(device, "pipe_node", i, T0 + i * 1_000_000, {"pressure_kpa": value}, T0)
+
+
+async def _run_service(settings: StreamSettings, database: str, rows: int) -> StreamService:
+    service = StreamService(settings)
+    async with service, asyncio.TaskGroup() as tasks:
+        runner = tasks.create_task(service.run())
+        await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), rows))
+        runner.cancel()
+    return service
+
+
+async def test_a_restarted_stream_resumes_its_saved_state_exactly(
+    stack: Stack, topics: Topics, database: str, uid: str
+) -> None:
+    """Stop (state saved), more readings arrive, start again (state restored, readings since
+    replayed): the detector ends exactly where one that never stopped would be."""
+    settings = StreamSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1)
+    readings = [_noisy("dev-3", i, spike={70: 30.0, 140: -25.0}) for i in range(300)]
+    await _publish(stack, topics, readings[:100])
+    await _run_service(settings, database, 100)
+    assert await scalar(database, "SELECT count(*) FROM detector_state WHERE device_id = 'dev-3'") == 1
+    # Stored but not yet seen by the next process: it replays them after the saved state.
+    await _publish(stack, topics, readings[100:300])
+    second = await _run_service(settings, database, 300)
+
+    reference = Detector(DetectorConfig.load(DEFAULT_FILE))
+    reference.bind(0, "pipe_node", "pressure_kpa")
+    reference.update(
+        np.zeros(300, np.int64),
+        np.array([r.ts_us for r in readings], np.int64),
+        np.array([r.metrics["pressure_kpa"] for r in readings]),
+    )
+    sid = second.series.id("dev-3", "pressure_kpa")
+    np.testing.assert_array_equal(second.detector.state[sid], reference.state[0])
+    alerts = [
+        contracts.decode_alert(v)
+        for v in await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=2, timeout=10)
+    ]
+    assert sorted(a.seq for a in alerts) == [70, 140]
+    assert all(a.explanation and a.detectors for a in alerts)
+
+
+async def test_without_a_saved_state_a_stream_warms_up_from_history(
+    stack: Stack, topics: Topics, database: str, uid: str
+) -> None:
+    settings = StreamSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1)
+    await _publish(stack, topics, [_noisy("dev-4", i) for i in range(40)])
+    await _run_service(settings, database, 40)
+    await scalar(database, "DELETE FROM detector_state RETURNING 1")
+    # Without history a cold detector would need 30 readings before it could alert.
+    await _publish(stack, topics, [_noisy("dev-4", i, spike={45: 40.0}) for i in range(40, 50)])
+    await _run_service(settings, database, 50)
+    (alert,) = [
+        contracts.decode_alert(v)
+        for v in await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=1, timeout=10)
+    ]
+    assert alert.seq == 45 and abs(alert.baseline - 400.0) < 1.5
+
+
+async def test_profile_edits_apply_without_a_restart(
+    stack: Stack, topics: Topics, database: str, uid: str, tmp_path: Path
+) -> None:
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text("[defaults]\nthreshold = 1.0\n")  # only certainties alarm
+    settings = StreamSettings(
+        topic_prefix=topics.prefix,
+        pg_dsn=database,
+        group_id=f"s-{uid}",
+        metrics_port=-1,
+        profiles=profiles,
+        profiles_check_s=0.05,
+    )
+    moderate = {45: 4.5, 95: 4.5}  # about 1e-5: alarms at 0.3, not at 1.0
+    async with StreamService(settings) as service, asyncio.TaskGroup() as tasks:
+        runner = tasks.create_task(service.run())
+        await _publish(stack, topics, [_noisy("dev-5", i, spike=moderate) for i in range(60)])
+        await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), 60))
+
+        profiles.write_text("[defaults]\nthreshold = 0.3\nrefractory = 5\n")
+        await eventually(lambda: _true(service.detector.config.default.threshold == 0.3))
+        profiles.write_text("[defaults]\nthreshold = 'high'\n")  # a bad edit keeps what works
+        await asyncio.sleep(0.3)
+        assert service.detector.config.default.threshold == 0.3
+
+        await _publish(stack, topics, [_noisy("dev-5", i, spike=moderate) for i in range(60, 110)])
+        await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), 110))
+        runner.cancel()
+    alerts = [
+        contracts.decode_alert(v)
+        for v in await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=2, timeout=5)
+    ]
+    assert [a.seq for a in alerts] == [95]
+
+
+async def test_a_silent_series_raises_one_staleness_alert(
+    stack: Stack, topics: Topics, database: str, uid: str
+) -> None:
+    clock = ManualClock(T0 + 100_000_000)
+    settings = StreamSettings(
+        topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1, stale_check_s=1
+    )
+    async with StreamService(settings, clock=clock) as service, asyncio.TaskGroup() as tasks:
+        runner = tasks.create_task(service.run())
+        await _publish(stack, topics, [_noisy("dev-6", i) for i in range(40)])
+        await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), 40))
+        clock.now_us += 20_000_000  # 20 s of silence after 1 s readings: not yet (30 s minimum)
+        await asyncio.sleep(0.5)
+        clock.now_us += 20_000_000
+        await asyncio.sleep(0.5)
+        clock.now_us += 60_000_000
+        await asyncio.sleep(0.5)
+        runner.cancel()
+    alerts = [
+        contracts.decode_alert(v)
+        for v in await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=2, timeout=5)
+    ]
+    assert [(a.device_id, a.metric, a.detector) for a in alerts] == [("dev-6", "pressure_kpa", "staleness")]
+    assert "no pressure_kpa reading for" in alerts[0].explanation
+    assert service.stream_time() > T0 + 39_000_000
+
+
+async def _true(value: bool) -> bool:
+    return value
