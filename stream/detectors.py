@@ -53,6 +53,9 @@ class Kind(enum.IntEnum):
         return self.name.lower()
 
 
+# Kind values as plain ints for the kernel.
+K_EWMA, K_ROBUST, K_CUSUM, K_ROC, K_FLATLINE, K_TOD, K_LIMIT, K_PHYSICAL = range(8)
+
 # Columns of a series' state row.
 N, LAST_TS, LAST_X, DT = 0, 1, 2, 3  # readings folded in; the last one; the usual interval (s)
 MEAN, VAR, MED, MAD = 4, 5, 6, 7  # fast EWMA; streaming median and MAD
@@ -203,9 +206,11 @@ def detect_kernel(
     ``feed`` is False (already stored: a redelivery) or whose value is not finite is scored
     0 and leaves the state alone. Time never runs backwards for a series: an older timestamp
     counts as no time elapsed.
+
+    The series' row is read into locals, updated, and written back once: the compiler cannot
+    prove the arrays do not overlap, so reading and writing them in place would reload the
+    row after every store.
     """
-    lps = np.zeros(8)  # log10 p per detector (Kind order), for one reading
-    zs = np.zeros(8)  # |z| of the Gaussian detectors
     for i in range(values.shape[0]):
         s = series[i]
         x = values[i]
@@ -222,205 +227,268 @@ def detect_kernel(
         if abs(x) > _HUGE:
             # No sensor reads this: flag it, but keep it out of the statistics.
             score[i] = 1.0
-            fired[i] = 1 << 7
-            top[i] = 7
+            fired[i] = 1 << K_PHYSICAL
+            top[i] = K_PHYSICAL
             if state[s, QUIET] < 0.0 or state[s, N] == 0.0:
                 alarm[i] = True
                 state[s, QUIET] = 0.0
                 state[s, ALARM_TS] = t
             continue
+
+        # Profile.
+        threshold = table[p, P_THRESHOLD]
+        warmup = table[p, P_WARMUP]
+        clip = table[p, P_CLIP]
+        use_ewma = table[p, P_EWMA] > 0.0
+        use_robust = table[p, P_ROBUST] > 0.0
+        use_cusum = table[p, P_CUSUM] > 0.0
+        use_roc = table[p, P_ROC] > 0.0
+        use_flat = table[p, P_FLATLINE] > 0.0
+        flat_eps = table[p, P_FLATLINE_EPS]
+        lim_lo = table[p, P_LIMIT_LOW]
+        lim_hi = table[p, P_LIMIT_HIGH]
+        phys_lo = table[p, P_PHYSICAL_LOW]
+        phys_hi = table[p, P_PHYSICAL_HIGH]
+
+        # State.
         n = state[s, N]
-        warm = n >= table[p, P_WARMUP]
         if n == 0.0:
-            state[s, LAST_TS] = t
-            state[s, LAST_X] = x
-            state[s, MEAN] = x
-            state[s, MED] = x
-            state[s, SMEAN] = x
-            state[s, LMEAN] = x
-            state[s, EQ] = 0.5
-            state[s, QUIET] = -1.0
-            state[s, ALARM_TS] = -1e18
-        dt = max(0.0, (t - state[s, LAST_TS]) * 1e-6)
+            last_ts, last_x, dt_avg = t, x, 0.0
+            mean, var, med, mad = x, 0.0, x, 0.0
+            smean, svar, sn, cpos, cneg = x, 0.0, 0.0, 0.0, 0.0
+            dvar, eq, run, lmean, quiet, alarm_ts = 0.0, 0.5, 0.0, x, -1.0, -1e18
+        else:
+            last_ts, last_x, dt_avg = state[s, LAST_TS], state[s, LAST_X], state[s, DT]
+            mean, var, med, mad = state[s, MEAN], state[s, VAR], state[s, MED], state[s, MAD]
+            smean, svar, sn = state[s, SMEAN], state[s, SVAR], state[s, SN]
+            cpos, cneg = state[s, CPOS], state[s, CNEG]
+            dvar, eq, run = state[s, DVAR], state[s, EQ], state[s, RUN]
+            lmean, quiet, alarm_ts = state[s, LMEAN], state[s, QUIET], state[s, ALARM_TS]
+
+        warm = n >= warmup
+        dt = max(0.0, (t - last_ts) * 1e-6)
         # Early on every average is a plain cumulative mean (the EWMA's bias correction).
         a = max(_alpha(dt, table[p, P_WINDOW], table[p, P_WINDOW_S]), 1.0 / (n + 1.0))
-        a_slow = max(_alpha(dt, table[p, P_SLOW_WINDOW], table[p, P_SLOW_WINDOW_S]), 1.0 / (state[s, SN] + 1.0))
-        floor = max(table[p, P_RESOLUTION], table[p, P_MIN_SPREAD] * (abs(state[s, MEAN]) + 1e-9))
-        clip = table[p, P_CLIP]
+        a_slow = max(_alpha(dt, table[p, P_SLOW_WINDOW], table[p, P_SLOW_WINDOW_S]), 1.0 / (sn + 1.0))
+        floor = max(table[p, P_RESOLUTION], table[p, P_MIN_SPREAD] * (abs(mean) + 1e-9))
+        sd = max(math.sqrt(var), floor)
+        rsd = max(_MAD_TO_SD * mad, floor)
+        ssd = max(math.sqrt(svar), floor) if use_cusum else floor
+        dsd = max(math.sqrt(dvar), floor) if use_roc else floor
 
-        # Each detector's evidence: |z| for the Gaussian ones (EWMA, ROBUST, ROC, TOD), log10 p
-        # for the others. Tails are costly, so only the strongest |z| is turned into one.
-        for k in range(8):
-            zs[k] = 0.0
-            lps[k] = 0.0
+        # Each detector's evidence: |z| for the Gaussian ones, log10 p for the others.
         looked = 0
-        if x < table[p, P_PHYSICAL_LOW] or x > table[p, P_PHYSICAL_HIGH]:
-            lps[7] = _FLOOR
+        lp_phys = 0.0
+        if x < phys_lo or x > phys_hi:
+            lp_phys = _FLOOR
             looked += 1
         lim_x = x
-        if table[p, P_LIMIT_WINDOW_S] > 0.0 and n > 0.0:
-            lim_x = state[s, LMEAN] + _alpha(dt, 0.0, table[p, P_LIMIT_WINDOW_S]) * (x - state[s, LMEAN])
-        state[s, LMEAN] = lim_x
-        if lim_x < table[p, P_LIMIT_LOW] or lim_x > table[p, P_LIMIT_HIGH]:
-            lps[6] = _FLOOR
+        if n > 0.0 and table[p, P_LIMIT_WINDOW_S] > 0.0:
+            lim_x = lmean + _alpha(dt, 0.0, table[p, P_LIMIT_WINDOW_S]) * (x - lmean)
+        lp_lim = 0.0
+        if lim_x < lim_lo or lim_x > lim_hi:
+            lp_lim = _FLOOR
             looked += 1
-        sd = max(math.sqrt(state[s, VAR]), floor)
-        rsd = max(_MAD_TO_SD * state[s, MAD], floor)
-        ssd = max(math.sqrt(state[s, SVAR]), floor)
-        dsd = max(math.sqrt(state[s, DVAR]), floor)
+        z_ewma = 0.0
+        z_rob = 0.0
+        z_roc = 0.0
+        z_tod = 0.0
+        lp_cusum = 0.0
+        lp_roc = 0.0
+        lp_flat = 0.0
+        dx = x - last_x
         if warm:
-            if table[p, P_EWMA] > 0.0:
-                zs[0] = abs(x - state[s, MEAN]) / sd
+            if use_ewma:
+                z_ewma = abs(x - mean) / sd
                 looked += 1
-            if table[p, P_ROBUST] > 0.0:
-                zs[1] = abs(x - state[s, MED]) / rsd
+            if use_robust:
+                z_rob = abs(x - med) / rsd
                 looked += 1
-            if table[p, P_CUSUM] > 0.0 and state[s, SN] >= table[p, P_WARMUP]:
-                z = min(max((x - state[s, SMEAN]) / ssd, -clip), clip)
+            if use_cusum and sn >= warmup:
+                z = min(max((x - smean) / ssd, -clip), clip)
                 k = table[p, P_CUSUM_DRIFT]
-                state[s, CPOS] = max(0.0, state[s, CPOS] + z - k)
-                state[s, CNEG] = max(0.0, state[s, CNEG] - z - k)
+                cpos = max(0.0, cpos + z - k)
+                cneg = max(0.0, cneg - z - k)
                 # Siegmund: the stationary CUSUM exceeds g with probability exp(-2 k g).
-                lps[2] = max(_FLOOR, -2.0 * k * max(state[s, CPOS], state[s, CNEG]) / _LN10)
+                lp_cusum = max(_FLOOR, -2.0 * k * max(cpos, cneg) / _LN10)
                 looked += 1
-            if table[p, P_ROC] > 0.0:
-                d = x - state[s, LAST_X]
-                zs[3] = abs(d) / dsd
-                if dt > 0.0 and abs(d) / dt > table[p, P_MAX_RATE]:
-                    lps[3] = _FLOOR
+            if use_roc:
+                z_roc = abs(dx) / dsd
+                if dt > 0.0 and abs(dx) > table[p, P_MAX_RATE] * dt:
+                    lp_roc = _FLOOR
                 looked += 1
-            if table[p, P_FLATLINE] > 0.0:
-                run = state[s, RUN] + 1.0
-                if abs(x - state[s, LAST_X]) <= table[p, P_FLATLINE_EPS] and run >= table[p, P_FLATLINE_MIN_RUN]:
+            if use_flat:
+                if abs(dx) <= flat_eps and run + 1.0 >= table[p, P_FLATLINE_MIN_RUN]:
                     # Runs of identical readings are geometric with the series' usual rate.
-                    q = min(max(state[s, EQ], 1e-3), 0.999)
-                    lps[4] = max(_FLOOR, run * math.log10(q))
+                    lp_flat = max(_FLOOR, (run + 1.0) * math.log10(min(max(eq, 1e-3), 0.999)))
                 looked += 1
         slot = tod_slot[s]
-        bins = int(table[p, P_TOD_BINS])
-        b = 0
         use_tod = slot >= 0 and table[p, P_TOD] > 0.0
+        bins = int(table[p, P_TOD_BINS])
+        col = 0
         if use_tod:
-            b = int(((t * 1e-6 + utc_offset_s) % 86400.0) * bins / 86400.0) % bins
-            if tod[slot, 3 * b + 2] >= table[p, P_WARMUP]:
-                zs[5] = abs(x - tod[slot, 3 * b]) / max(math.sqrt(tod[slot, 3 * b + 1]), floor)
+            col = 3 * (int(((t * 1e-6 + utc_offset_s) % 86400.0) * bins / 86400.0) % bins)
+            if tod[slot, col + 2] >= warmup:
+                z_tod = abs(x - tod[slot, col]) / max(math.sqrt(tod[slot, col + 1]), floor)
                 looked += 1
 
-        zk = 0
-        for k in range(8):
-            if zs[k] > zs[zk]:
-                zk = k
-        best = 0.0
+        # The strongest evidence. Tails are costly: only the largest |z| becomes one.
         best_k = -1
-        if zs[zk] > 0.0:
-            best = _log10_tail(zs[zk])
-            best_k = zk
-        for k in range(8):
-            if lps[k] < best:
-                best = lps[k]
-                best_k = k
+        zmax = 0.0
+        if z_ewma > zmax:
+            zmax, best_k = z_ewma, K_EWMA
+        if z_rob > zmax:
+            zmax, best_k = z_rob, K_ROBUST
+        if z_roc > zmax:
+            zmax, best_k = z_roc, K_ROC
+        if z_tod > zmax:
+            zmax, best_k = z_tod, K_TOD
+        best = _log10_tail(zmax) if best_k >= 0 else 0.0
+        if lp_cusum < best:
+            best, best_k = lp_cusum, K_CUSUM
+        if lp_roc < best:
+            best, best_k = lp_roc, K_ROC
+        if lp_flat < best:
+            best, best_k = lp_flat, K_FLATLINE
+        if lp_lim < best:
+            best, best_k = lp_lim, K_LIMIT
+        if lp_phys < best:
+            best, best_k = lp_phys, K_PHYSICAL
         # Bonferroni over the detectors that looked.
         correction = _LOG10_N[looked]
         sc = min(1.0, max(0.0, -(best + correction) / DECADES))
-        cut = -table[p, P_THRESHOLD] * DECADES - correction
+        cut = -threshold * DECADES - correction
         mask = 0
-        if best <= cut:
-            for k in range(8):
-                if lps[k] <= cut or (zs[k] > 0.0 and _log10_tail(zs[k]) <= cut):
-                    mask |= 1 << k
+        if best <= cut:  # rare: which detectors reached the threshold on their own
+            if z_ewma > 0.0 and _log10_tail(z_ewma) <= cut:
+                mask |= 1 << K_EWMA
+            if z_rob > 0.0 and _log10_tail(z_rob) <= cut:
+                mask |= 1 << K_ROBUST
+            if lp_cusum <= cut:
+                mask |= 1 << K_CUSUM
+            if lp_roc <= cut or (z_roc > 0.0 and _log10_tail(z_roc) <= cut):
+                mask |= 1 << K_ROC
+            if lp_flat <= cut:
+                mask |= 1 << K_FLATLINE
+            if z_tod > 0.0 and _log10_tail(z_tod) <= cut:
+                mask |= 1 << K_TOD
+            if lp_lim <= cut:
+                mask |= 1 << K_LIMIT
+            if lp_phys <= cut:
+                mask |= 1 << K_PHYSICAL
         score[i] = sc
         fired[i] = mask
         top[i] = best_k
-        base, spr = state[s, MEAN], sd
-        if best_k == 1:
-            base, spr = state[s, MED], rsd
-        elif best_k == 2:
-            base, spr = state[s, SMEAN], ssd
-        elif best_k == 3:
-            base, spr = state[s, LAST_X], dsd
-        elif best_k == 4:
-            base, spr = state[s, LAST_X], 0.0
-        elif best_k == 5:
-            base, spr = tod[slot, 3 * b], max(math.sqrt(tod[slot, 3 * b + 1]), floor)
-        elif best_k == 6:
-            base, spr = (table[p, P_LIMIT_LOW] if lim_x < table[p, P_LIMIT_LOW] else table[p, P_LIMIT_HIGH]), 0.0
-        elif best_k == 7:
-            base, spr = (table[p, P_PHYSICAL_LOW] if x < table[p, P_PHYSICAL_LOW] else table[p, P_PHYSICAL_HIGH]), 0.0
+        base, spr = mean, sd
+        if best_k == K_ROBUST:
+            base, spr = med, rsd
+        elif best_k == K_CUSUM:
+            base, spr = smean, ssd
+        elif best_k == K_ROC:
+            base, spr = last_x, dsd
+        elif best_k == K_FLATLINE:
+            base, spr = last_x, 0.0
+        elif best_k == K_TOD:
+            base, spr = tod[slot, col], max(math.sqrt(tod[slot, col + 1]), floor)
+        elif best_k == K_LIMIT:
+            base, spr = (lim_lo if lim_x < lim_lo else lim_hi), 0.0
+        elif best_k == K_PHYSICAL:
+            base, spr = (phys_lo if x < phys_lo else phys_hi), 0.0
         baseline[i] = base
         spread[i] = spr
 
-        # One alarm per episode: after an alarm the series stays in its episode (QUIET >= 0)
+        # One alarm per episode: after an alarm the series stays in its episode (quiet >= 0)
         # until `refractory` readings in a row, and `refractory_s` seconds, score below half
         # the threshold.
-        if state[s, QUIET] >= 0.0:
-            state[s, QUIET] = state[s, QUIET] + 1.0 if sc < 0.5 * table[p, P_THRESHOLD] else 0.0
-            quiet_s = (t - state[s, ALARM_TS]) * 1e-6
-            if state[s, QUIET] >= table[p, P_REFRACTORY] and quiet_s >= table[p, P_REFRACTORY_S]:
-                state[s, QUIET] = -1.0
-        if sc >= table[p, P_THRESHOLD]:
-            if state[s, QUIET] < 0.0:
+        if quiet >= 0.0:
+            quiet = quiet + 1.0 if sc < 0.5 * threshold else 0.0
+            if quiet >= table[p, P_REFRACTORY] and (t - alarm_ts) * 1e-6 >= table[p, P_REFRACTORY_S]:
+                quiet = -1.0
+        if sc >= threshold:
+            if quiet < 0.0:
                 alarm[i] = True
-                state[s, ALARM_TS] = t
-                state[s, QUIET] = 0.0
-            if mask & (1 << 2):
+                alarm_ts = t
+                quiet = 0.0
+            if mask & (1 << K_CUSUM):
                 # A level shift: judge what follows against the new level, not the old one.
-                state[s, CPOS] = 0.0
-                state[s, CNEG] = 0.0
-                state[s, SN] = 0.0
-                state[s, MED] = x
+                cpos = 0.0
+                cneg = 0.0
+                sn = 0.0
+                med = x
 
         # Fold the reading in. Once warm, outliers enter clipped, so that a spike does not
-        # inflate the spread that judges the readings after it.
-        xf = min(max(x, state[s, MEAN] - clip * sd), state[s, MEAN] + clip * sd) if warm else x
-        d = xf - state[s, MEAN]
-        state[s, MEAN] += a * d
-        state[s, VAR] = (1.0 - a) * (state[s, VAR] + a * d * d)
-        xs = x
-        if warm and state[s, SN] >= table[p, P_WARMUP]:
-            xs = min(max(x, state[s, SMEAN] - clip * ssd), state[s, SMEAN] + clip * ssd)
-        if state[s, SN] == 0.0 and n > 0.0:
-            state[s, SMEAN] = xs  # restart the reference at the new level; keep the spread it had
+        # inflate the spread that judges the readings after it. Each detector's statistics are
+        # kept only where the profile runs it.
+        xf = min(max(x, mean - clip * sd), mean + clip * sd) if warm else x
+        d = xf - mean
+        mean += a * d
+        var = (1.0 - a) * (var + a * d * d)
+        if use_cusum:
+            xs = min(max(x, smean - clip * ssd), smean + clip * ssd) if warm and sn >= warmup else x
+            if sn == 0.0 and n > 0.0:
+                smean = xs  # restart the reference at the new level; keep the spread it had
+            else:
+                d = xs - smean
+                smean += a_slow * d
+                svar = (1.0 - a_slow) * (svar + a_slow * d * d)
+            sn += 1.0
+        if not use_robust:
+            pass
+        elif warm:
+            # Stochastic approximation of the median and of the MAD: steps of a fixed fraction
+            # of the spread towards the sample, whose fixed points are the medians.
+            step = a * rsd
+            dev = x - med
+            med += step if dev > 0.0 else (-step if dev < 0.0 else 0.0)
+            dm = abs(dev) - mad
+            mad += a * max(mad, floor) if dm > 0.0 else (-a * mad if dm < 0.0 else 0.0)
         else:
-            d = xs - state[s, SMEAN]
-            state[s, SMEAN] += a_slow * d
-            state[s, SVAR] = (1.0 - a_slow) * (state[s, SVAR] + a_slow * d * d)
-        state[s, SN] += 1.0
-        if warm:
-            # Stochastic approximation of the median and of the MAD: steps of a fixed fraction of
-            # the spread towards the sample, whose fixed points are the medians.
-            step = a * max(_MAD_TO_SD * state[s, MAD], floor)
-            dev = x - state[s, MED]
-            state[s, MED] += step if dev > 0.0 else (-step if dev < 0.0 else 0.0)
-            dm = abs(dev) - state[s, MAD]
-            state[s, MAD] += a * max(state[s, MAD], floor) if dm > 0.0 else (-a * state[s, MAD] if dm < 0.0 else 0.0)
-        else:
-            # Warming up: mean and mean absolute deviation (0.8 sd; MAD is 0.67 sd).
-            state[s, MED] = state[s, MEAN]
-            state[s, MAD] += a * (0.845 * abs(x - state[s, MEAN]) - state[s, MAD])
-        dx = x - state[s, LAST_X]
+            # Warming up: the mean, and the mean absolute deviation (0.8 sd; MAD is 0.67 sd).
+            med = mean
+            mad += a * (0.845 * abs(x - mean) - mad)
         if n > 0.0:
-            dxf = min(max(dx, -clip * dsd), clip * dsd) if warm else dx
-            state[s, DVAR] += a * (dxf * dxf - state[s, DVAR])
-            same = 1.0 if abs(dx) <= table[p, P_FLATLINE_EPS] else 0.0
-            state[s, EQ] += a_slow * (same - state[s, EQ])
-            state[s, RUN] = state[s, RUN] + 1.0 if same > 0.0 else 0.0
-            state[s, DT] = dt if n == 1.0 else state[s, DT] + a * (dt - state[s, DT])
+            if use_roc:
+                dxf = min(max(dx, -clip * dsd), clip * dsd) if warm else dx
+                dvar += a * (dxf * dxf - dvar)
+            if use_flat:
+                same = 1.0 if abs(dx) <= flat_eps else 0.0
+                eq += a_slow * (same - eq)
+                run = run + 1.0 if same > 0.0 else 0.0
+            dt_avg = dt if n == 1.0 else dt_avg + a * (dt - dt_avg)
         if use_tod:
-            at = 1.0 - math.exp(-dt / (table[p, P_TOD_DAYS] * 86400.0 / bins)) if tod[slot, 3 * b + 2] > 0.0 else 1.0
-            if tod[slot, 3 * b + 2] >= table[p, P_WARMUP]:
-                tsd = max(math.sqrt(tod[slot, 3 * b + 1]), floor)
-                xt = min(max(x, tod[slot, 3 * b] - clip * tsd), tod[slot, 3 * b] + clip * tsd)
+            m, v, c = tod[slot, col], tod[slot, col + 1], tod[slot, col + 2]
+            if c >= warmup:
+                tsd = max(math.sqrt(v), floor)
+                xt = min(max(x, m - clip * tsd), m + clip * tsd)
+                at = 1.0 - math.exp(-dt / (table[p, P_TOD_DAYS] * 86400.0 / bins))
             else:
                 xt = x
-                at = max(at, 1.0 / (tod[slot, 3 * b + 2] + 1.0))
-            d = xt - tod[slot, 3 * b]
-            tod[slot, 3 * b] += at * d
-            tod[slot, 3 * b + 1] = (1.0 - at) * (tod[slot, 3 * b + 1] + at * d * d)
-            tod[slot, 3 * b + 2] += 1.0
-        state[s, LAST_X] = x
-        state[s, LAST_TS] = max(state[s, LAST_TS], t)
-        state[s, STALE] = 0.0
+                at = 1.0 / (c + 1.0)
+            d = xt - m
+            tod[slot, col] = m + at * d
+            tod[slot, col + 1] = (1.0 - at) * (v + at * d * d)
+            tod[slot, col + 2] = c + 1.0
+
         state[s, N] = n + 1.0
+        state[s, LAST_TS] = max(last_ts, t)
+        state[s, LAST_X] = x
+        state[s, DT] = dt_avg
+        state[s, MEAN] = mean
+        state[s, VAR] = var
+        state[s, MED] = med
+        state[s, MAD] = mad
+        state[s, SMEAN] = smean
+        state[s, SVAR] = svar
+        state[s, SN] = sn
+        state[s, CPOS] = cpos
+        state[s, CNEG] = cneg
+        state[s, DVAR] = dvar
+        state[s, EQ] = eq
+        state[s, RUN] = run
+        state[s, LMEAN] = lim_x
+        state[s, QUIET] = quiet
+        state[s, ALARM_TS] = alarm_ts
+        state[s, STALE] = 0.0
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
