@@ -81,18 +81,20 @@ async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]
 def make_alert(device: str, ts_us: int, seq: int = 1) -> Alert:
     """A pressure alert as the stream tier would raise it."""
     return Alert(
-        Alert.make_id(device, "pressure_kpa", ts_us, "ewma_z"),
+        Alert.make_id(device, "pressure_kpa", ts_us, "ewma"),
         device,
         "pipe_node",
         "pressure_kpa",
         ts_us,
         510.0,
-        31.5,
-        "ewma_z",
+        1.0,
+        "ewma",
         420.0,
         2.1,
-        39,
+        60,
         seq,
         ts_us + 1000,
         ts_us + 2000,
+        detectors=["ewma", "robust"],
+        explanation="pressure_kpa = 510 kPa, expected 420 +- 2.1 kPa by ewma over 60 readings",
     )

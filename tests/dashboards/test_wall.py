@@ -50,6 +50,7 @@ async def test_live_alerts_lost_connection_and_catch_up(
         await page.wait_for_selector("#state:text('live')", timeout=10_000)
         await _alert(stack, topics, f"live-{uid}", clock_offset_s=120)  # a device clock 2 min fast
         await page.wait_for_selector(f"text=live-{uid}", timeout=10_000)
+        assert "expected 420 +- 2.1 kPa by ewma" in await page.locator("#alerts tr").first.inner_text()
 
         await server.stop()  # the IOC goes away: the screen must say so instead of showing stale data
         await page.wait_for_selector("#state.lost", timeout=10_000)

@@ -60,7 +60,7 @@ async def test_alerts_are_stored_once_and_pushed_once(stack: Stack, topics: Topi
     async with httpx.AsyncClient(base_url=api.url) as http:
         body = (await http.get("/alerts")).json()
         assert [a["alert_id"] for a in body] == [second.alert_id, alert.alert_id]  # newest first
-        assert body[0]["value"] == 510.0 and body[0]["window_size"] == 39
+        assert body[0]["value"] == 510.0 and body[0]["window_size"] == 60 and body[0]["detectors"] == ["ewma", "robust"]
         only_first = (await http.get("/alerts", params={"since": "2026-11-21T10:00:04Z"})).json()
         assert [a["seq"] for a in only_first] == [4]
 
