@@ -38,15 +38,16 @@ __all__ = ["BOOL", "F64", "I64", "Detector", "DetectorConfig", "Kind", "Scored"]
 class Kind(enum.IntEnum):
     """The detectors, as bits of ``Scored.fired``."""
 
-    EWMA = 0  # fast exponentially weighted mean and variance
+    EWMA = 0  # fast exponentially weighted mean, spread from the mean absolute residual
     ROBUST = 1  # streaming median and MAD
-    CUSUM = 2  # two-sided CUSUM against a slow baseline: level shifts
+    CUSUM = 2  # two-sided CUSUM against the long baseline: level shifts
     ROC = 3  # rate of change
     FLATLINE = 4  # stuck at one value
     TOD = 5  # time-of-day baseline
     LIMIT = 6  # regulatory or operational limit
     PHYSICAL = 7  # physically impossible for a working sensor
-    STALENESS = 8  # silent for several usual intervals (timer, not per reading)
+    SPATIAL = 8  # beyond anything the series has read before
+    STALENESS = 9  # silent for several usual intervals (timer, not per reading)
 
     @property
     def label(self) -> str:
@@ -54,15 +55,18 @@ class Kind(enum.IntEnum):
 
 
 # Kind values as plain ints for the kernel.
-K_EWMA, K_ROBUST, K_CUSUM, K_ROC, K_FLATLINE, K_TOD, K_LIMIT, K_PHYSICAL = range(8)
+K_EWMA, K_ROBUST, K_CUSUM, K_ROC, K_FLATLINE, K_TOD, K_LIMIT, K_PHYSICAL, K_SPATIAL = range(9)
 
 # Columns of a series' state row.
 N, LAST_TS, LAST_X, DT = 0, 1, 2, 3  # readings folded in; the last one; the usual interval (s)
-MEAN, VAR, MED, MAD = 4, 5, 6, 7  # fast EWMA; streaming median and MAD
-SMEAN, SVAR, SN, CPOS, CNEG = 8, 9, 10, 11, 12  # slow reference (and readings since it restarted); CUSUM
+MEAN, DEV, MED, MAD = 4, 5, 6, 7  # fast EWMA and its mean absolute residual; streaming median, MAD
+SMEAN, SVAR, SN, CPOS, CNEG = 8, 9, 10, 11, 12  # long baseline (readings since it restarted); CUSUM
 DVAR, EQ, RUN = 13, 14, 15  # variance of changes; rate of repeated values; current run of them
 LMEAN, QUIET, ALARM_TS, STALE = 16, 17, 18, 19  # limit mean; episode (-1: none); last alarm; silent
-NSTATE = 20
+LO, HI = 20, 21  # the range of the series' history
+NE, ES_E, ME_E, VE_E = 22, 23, 24, 25  # likelihood of the EWMA channel: count; short mean; long mean, var
+NT, ES_T, ME_T, VE_T = 26, 27, 28, 29  # ... of the time-of-day channel
+NSTATE = 30
 
 # Columns of the profile table (stream.profiles.PARAMS order; checked at import).
 (
@@ -72,11 +76,19 @@ NSTATE = 20
     P_WARMUP,
     P_WINDOW,
     P_WINDOW_S,
+    P_SPREAD_WINDOW,
+    P_SPREAD_WINDOW_S,
     P_SLOW_WINDOW,
     P_SLOW_WINDOW_S,
     P_CLIP,
     P_RESOLUTION,
     P_MIN_SPREAD,
+    P_LIKELIHOOD,
+    P_LIKELIHOOD_WINDOW,
+    P_EWMA_CAP,
+    P_EWMA_SHORT,
+    P_TOD_CAP,
+    P_TOD_SHORT,
     P_EWMA,
     P_ROBUST,
     P_CUSUM,
@@ -89,6 +101,10 @@ NSTATE = 20
     P_TOD,
     P_TOD_BINS,
     P_TOD_DAYS,
+    P_TOD_WARMUP,
+    P_TOD_FLOOR,
+    P_SPATIAL,
+    P_SPATIAL_TOLERANCE,
     P_STALENESS,
     P_STALE_INTERVALS,
     P_STALE_MIN_S,
@@ -97,7 +113,7 @@ NSTATE = 20
     P_LIMIT_LOW,
     P_LIMIT_HIGH,
     P_LIMIT_WINDOW_S,
-) = range(31)
+) = range(43)
 assert PARAMS == (
     "threshold",
     "refractory",
@@ -105,11 +121,19 @@ assert PARAMS == (
     "warmup",
     "window",
     "window_s",
+    "spread_window",
+    "spread_window_s",
     "slow_window",
     "slow_window_s",
     "clip",
     "resolution",
     "min_spread",
+    "likelihood",
+    "likelihood_window",
+    "ewma_cap",
+    "ewma_short",
+    "tod_cap",
+    "tod_short",
     "ewma",
     "robust",
     "cusum",
@@ -122,6 +146,10 @@ assert PARAMS == (
     "tod",
     "tod_bins",
     "tod_days",
+    "tod_warmup",
+    "tod_floor",
+    "spatial",
+    "spatial_tolerance",
     "staleness",
     "stale_intervals",
     "stale_min_s",
@@ -138,6 +166,8 @@ _LN10 = math.log(10.0)
 _SQRT2 = math.sqrt(2.0)
 _SQRTPI = math.sqrt(math.pi)
 _MAD_TO_SD = 1.4826  # MAD of a normal distribution is 0.6745 sd
+_ABS_TO_SD = math.sqrt(math.pi / 2)  # mean absolute deviation of a normal distribution is 0.7979 sd
+_LOG10_HALF = math.log10(0.5)
 _FLOOR = -DECADES  # log10 p of a certain anomaly (a limit): score 1
 _HUGE = 1e100  # beyond any physical quantity; squares would overflow the state
 # Fast math without the flags that assume no NaN or infinity: both are data here.
@@ -171,6 +201,14 @@ def _log10_tail(z: float) -> float:
         return float(_TAIL[j] * (1.0 - w) + _TAIL[j + 1] * w)
     u = z / _SQRT2
     return (-u * u - math.log(u * _SQRTPI)) / _LN10
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _log10_upper(z: float) -> float:
+    """log10 P(Z >= z), one-sided; at most log10(1/2) (below the mean nothing is anomalous)."""
+    if z <= 0.0:
+        return _LOG10_HALF
+    return _log10_tail(z) + _LOG10_HALF
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
@@ -244,6 +282,7 @@ def detect_kernel(
         use_cusum = table[p, P_CUSUM] > 0.0
         use_roc = table[p, P_ROC] > 0.0
         use_flat = table[p, P_FLATLINE] > 0.0
+        use_lik = table[p, P_LIKELIHOOD] > 0.0
         flat_eps = table[p, P_FLATLINE_EPS]
         lim_lo = table[p, P_LIMIT_LOW]
         lim_hi = table[p, P_LIMIT_HIGH]
@@ -254,50 +293,58 @@ def detect_kernel(
         n = state[s, N]
         if n == 0.0:
             last_ts, last_x, dt_avg = t, x, 0.0
-            mean, var, med, mad = x, 0.0, x, 0.0
+            mean, dev, med, mad = x, 0.0, x, 0.0
             smean, svar, sn, cpos, cneg = x, 0.0, 0.0, 0.0, 0.0
             dvar, eq, run, lmean, quiet, alarm_ts = 0.0, 0.5, 0.0, x, -1.0, -1e18
+            lo, hi = x, x
+            ne, es_e, me_e, ve_e, nt, es_t, me_t, ve_t = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
         else:
             last_ts, last_x, dt_avg = state[s, LAST_TS], state[s, LAST_X], state[s, DT]
-            mean, var, med, mad = state[s, MEAN], state[s, VAR], state[s, MED], state[s, MAD]
+            mean, dev, med, mad = state[s, MEAN], state[s, DEV], state[s, MED], state[s, MAD]
             smean, svar, sn = state[s, SMEAN], state[s, SVAR], state[s, SN]
             cpos, cneg = state[s, CPOS], state[s, CNEG]
             dvar, eq, run = state[s, DVAR], state[s, EQ], state[s, RUN]
             lmean, quiet, alarm_ts = state[s, LMEAN], state[s, QUIET], state[s, ALARM_TS]
+            lo, hi = state[s, LO], state[s, HI]
+            ne, es_e, me_e, ve_e = state[s, NE], state[s, ES_E], state[s, ME_E], state[s, VE_E]
+            nt, es_t, me_t, ve_t = state[s, NT], state[s, ES_T], state[s, ME_T], state[s, VE_T]
 
         warm = n >= warmup
         dt = max(0.0, (t - last_ts) * 1e-6)
         # Early on every average is a plain cumulative mean (the EWMA's bias correction).
         a = max(_alpha(dt, table[p, P_WINDOW], table[p, P_WINDOW_S]), 1.0 / (n + 1.0))
         a_slow = max(_alpha(dt, table[p, P_SLOW_WINDOW], table[p, P_SLOW_WINDOW_S]), 1.0 / (sn + 1.0))
-        floor = max(table[p, P_RESOLUTION], table[p, P_MIN_SPREAD] * (abs(mean) + 1e-9))
-        sd = max(math.sqrt(var), floor)
+        floor = max(table[p, P_RESOLUTION], table[p, P_MIN_SPREAD] * abs(smean), 1e-9)
+        sd = max(_ABS_TO_SD * dev, floor)
         rsd = max(_MAD_TO_SD * mad, floor)
-        ssd = max(math.sqrt(svar), floor) if use_cusum else floor
+        ssd = max(math.sqrt(svar), floor)
         dsd = max(math.sqrt(dvar), floor) if use_roc else floor
 
-        # Each detector's evidence: |z| for the Gaussian ones, log10 p for the others.
-        looked = 0
-        lp_phys = 0.0
+        # Certainties (limits, impossible values, new extremes) score 1. The statistical
+        # detectors give |z| (Gaussian tail) or log10 p.
+        certain = -1
         if x < phys_lo or x > phys_hi:
-            lp_phys = _FLOOR
-            looked += 1
+            certain = K_PHYSICAL
         lim_x = x
         if n > 0.0 and table[p, P_LIMIT_WINDOW_S] > 0.0:
             lim_x = lmean + _alpha(dt, 0.0, table[p, P_LIMIT_WINDOW_S]) * (x - lmean)
-        lp_lim = 0.0
-        if lim_x < lim_lo or lim_x > lim_hi:
-            lp_lim = _FLOOR
-            looked += 1
+        if certain < 0 and (lim_x < lim_lo or lim_x > lim_hi):
+            certain = K_LIMIT
+        looked = 0
         z_ewma = 0.0
         z_rob = 0.0
         z_roc = 0.0
         z_tod = 0.0
+        lp_ewma = 0.0
+        lp_tod = 0.0
         lp_cusum = 0.0
-        lp_roc = 0.0
         lp_flat = 0.0
         dx = x - last_x
         if warm:
+            if certain < 0 and table[p, P_SPATIAL] > 0.0:
+                margin = table[p, P_SPATIAL_TOLERANCE] * (hi - lo)
+                if (hi > lo and (x > hi + margin or x < lo - margin)) or (hi == lo and x != hi):
+                    certain = K_SPATIAL
             if use_ewma:
                 z_ewma = abs(x - mean) / sd
                 looked += 1
@@ -314,8 +361,8 @@ def detect_kernel(
                 looked += 1
             if use_roc:
                 z_roc = abs(dx) / dsd
-                if dt > 0.0 and abs(dx) > table[p, P_MAX_RATE] * dt:
-                    lp_roc = _FLOOR
+                if certain < 0 and dt > 0.0 and abs(dx) > table[p, P_MAX_RATE] * dt:
+                    certain = K_ROC
                 looked += 1
             if use_flat:
                 if abs(dx) <= flat_eps and run + 1.0 >= table[p, P_FLATLINE_MIN_RUN]:
@@ -326,56 +373,88 @@ def detect_kernel(
         use_tod = slot >= 0 and table[p, P_TOD] > 0.0
         bins = int(table[p, P_TOD_BINS])
         col = 0
+        tsd = floor
+        tod_warm = False
         if use_tod:
             col = 3 * (int(((t * 1e-6 + utc_offset_s) % 86400.0) * bins / 86400.0) % bins)
-            if tod[slot, col + 2] >= warmup:
-                z_tod = abs(x - tod[slot, col]) / max(math.sqrt(tod[slot, col + 1]), floor)
+            tod_warm = tod[slot, col + 2] >= table[p, P_TOD_WARMUP]
+            tsd = max(math.sqrt(tod[slot, col + 1]), table[p, P_TOD_FLOOR] * ssd, floor)
+            if warm and tod_warm:
+                z_tod = abs(x - tod[slot, col]) / tsd
+                if not use_lik:
+                    looked += 1
+        if use_lik and warm:
+            # Anomaly likelihood: the capped error, averaged over a few readings, against the
+            # long-run distribution of that average (one-sided: only more error is anomalous).
+            a_l = max(_alpha(dt, table[p, P_LIKELIHOOD_WINDOW], 0.0), 1.0 / (ne + 1.0))
+            if use_ewma:
+                cap = table[p, P_EWMA_CAP]
+                e = min(z_ewma, cap) / cap
+                es_e = e if ne == 0.0 else es_e + (e - es_e) / table[p, P_EWMA_SHORT]
+                if ne >= 1.0:
+                    lp_ewma = _log10_upper((es_e - me_e) / max(math.sqrt(ve_e), 1e-3))
+                d = es_e - me_e
+                me_e += a_l * d
+                ve_e = (1.0 - a_l) * (ve_e + a_l * d * d)
+                ne += 1.0
+            if use_tod:
+                # Until its bin has learnt, the channel sees no error: it still learns its own
+                # distribution, so it is calibrated when the bins are.
+                cap = table[p, P_TOD_CAP]
+                e = min(z_tod, cap) / cap
+                es_t = e if nt == 0.0 else es_t + (e - es_t) / table[p, P_TOD_SHORT]
+                if nt >= 1.0:
+                    lp_tod = _log10_upper((es_t - me_t) / max(math.sqrt(ve_t), 1e-3))
+                a_t = max(_alpha(dt, table[p, P_LIKELIHOOD_WINDOW], 0.0), 1.0 / (nt + 1.0))
+                d = es_t - me_t
+                me_t += a_t * d
+                ve_t = (1.0 - a_t) * (ve_t + a_t * d * d)
+                nt += 1.0
                 looked += 1
 
         # The strongest evidence. Tails are costly: only the largest |z| becomes one.
         best_k = -1
         zmax = 0.0
-        if z_ewma > zmax:
+        if not use_lik and z_ewma > zmax:
             zmax, best_k = z_ewma, K_EWMA
         if z_rob > zmax:
             zmax, best_k = z_rob, K_ROBUST
         if z_roc > zmax:
             zmax, best_k = z_roc, K_ROC
-        if z_tod > zmax:
+        if not use_lik and z_tod > zmax:
             zmax, best_k = z_tod, K_TOD
         best = _log10_tail(zmax) if best_k >= 0 else 0.0
+        if lp_ewma < best:
+            best, best_k = lp_ewma, K_EWMA
+        if lp_tod < best:
+            best, best_k = lp_tod, K_TOD
         if lp_cusum < best:
             best, best_k = lp_cusum, K_CUSUM
-        if lp_roc < best:
-            best, best_k = lp_roc, K_ROC
         if lp_flat < best:
             best, best_k = lp_flat, K_FLATLINE
-        if lp_lim < best:
-            best, best_k = lp_lim, K_LIMIT
-        if lp_phys < best:
-            best, best_k = lp_phys, K_PHYSICAL
-        # Bonferroni over the detectors that looked.
+        # Bonferroni over the statistical detectors that looked.
         correction = _LOG10_N[looked]
-        sc = min(1.0, max(0.0, -(best + correction) / DECADES))
         cut = -threshold * DECADES - correction
         mask = 0
+        if certain >= 0:
+            sc = 1.0
+            best_k = certain
+            mask = 1 << certain
+        else:
+            sc = min(1.0, max(0.0, -(best + correction) / DECADES))
         if best <= cut:  # rare: which detectors reached the threshold on their own
-            if z_ewma > 0.0 and _log10_tail(z_ewma) <= cut:
+            if lp_ewma <= cut or (not use_lik and z_ewma > 0.0 and _log10_tail(z_ewma) <= cut):
                 mask |= 1 << K_EWMA
             if z_rob > 0.0 and _log10_tail(z_rob) <= cut:
                 mask |= 1 << K_ROBUST
             if lp_cusum <= cut:
                 mask |= 1 << K_CUSUM
-            if lp_roc <= cut or (z_roc > 0.0 and _log10_tail(z_roc) <= cut):
+            if z_roc > 0.0 and _log10_tail(z_roc) <= cut:
                 mask |= 1 << K_ROC
             if lp_flat <= cut:
                 mask |= 1 << K_FLATLINE
-            if z_tod > 0.0 and _log10_tail(z_tod) <= cut:
+            if lp_tod <= cut or (not use_lik and z_tod > 0.0 and _log10_tail(z_tod) <= cut):
                 mask |= 1 << K_TOD
-            if lp_lim <= cut:
-                mask |= 1 << K_LIMIT
-            if lp_phys <= cut:
-                mask |= 1 << K_PHYSICAL
         score[i] = sc
         fired[i] = mask
         top[i] = best_k
@@ -389,11 +468,13 @@ def detect_kernel(
         elif best_k == K_FLATLINE:
             base, spr = last_x, 0.0
         elif best_k == K_TOD:
-            base, spr = tod[slot, col], max(math.sqrt(tod[slot, col + 1]), floor)
+            base, spr = tod[slot, col], tsd
         elif best_k == K_LIMIT:
             base, spr = (lim_lo if lim_x < lim_lo else lim_hi), 0.0
         elif best_k == K_PHYSICAL:
             base, spr = (phys_lo if x < phys_lo else phys_hi), 0.0
+        elif best_k == K_SPATIAL:
+            base, spr = (lo if x < lo else hi), hi - lo
         baseline[i] = base
         spread[i] = spr
 
@@ -417,36 +498,22 @@ def detect_kernel(
                 med = x
 
         # Fold the reading in. Once warm, outliers enter clipped, so that a spike does not
-        # inflate the spread that judges the readings after it. Each detector's statistics are
-        # kept only where the profile runs it.
-        xf = min(max(x, mean - clip * sd), mean + clip * sd) if warm else x
-        d = xf - mean
-        mean += a * d
-        var = (1.0 - a) * (var + a * d * d)
-        if use_cusum:
+        # inflate the spread that judges the readings after it.
+        if n > 0.0:
+            r = x - mean
+            if warm:
+                r = min(max(r, -clip * sd), clip * sd)
+            dev += max(_alpha(dt, table[p, P_SPREAD_WINDOW], table[p, P_SPREAD_WINDOW_S]), 1.0 / n) * (abs(r) - dev)
+            mean += a * r
             xs = min(max(x, smean - clip * ssd), smean + clip * ssd) if warm and sn >= warmup else x
-            if sn == 0.0 and n > 0.0:
+            if sn == 0.0:
                 smean = xs  # restart the reference at the new level; keep the spread it had
             else:
                 d = xs - smean
                 smean += a_slow * d
                 svar = (1.0 - a_slow) * (svar + a_slow * d * d)
-            sn += 1.0
-        if not use_robust:
-            pass
-        elif warm:
-            # Stochastic approximation of the median and of the MAD: steps of a fixed fraction
-            # of the spread towards the sample, whose fixed points are the medians.
-            step = a * rsd
-            dev = x - med
-            med += step if dev > 0.0 else (-step if dev < 0.0 else 0.0)
-            dm = abs(dev) - mad
-            mad += a * max(mad, floor) if dm > 0.0 else (-a * mad if dm < 0.0 else 0.0)
-        else:
-            # Warming up: the mean, and the mean absolute deviation (0.8 sd; MAD is 0.67 sd).
-            med = mean
-            mad += a * (0.845 * abs(x - mean) - mad)
-        if n > 0.0:
+            lo = min(lo, x)
+            hi = max(hi, x)
             if use_roc:
                 dxf = min(max(dx, -clip * dsd), clip * dsd) if warm else dx
                 dvar += a * (dxf * dxf - dvar)
@@ -455,16 +522,25 @@ def detect_kernel(
                 eq += a_slow * (same - eq)
                 run = run + 1.0 if same > 0.0 else 0.0
             dt_avg = dt if n == 1.0 else dt_avg + a * (dt - dt_avg)
+        sn += 1.0
+        if not use_robust:
+            pass
+        elif warm:
+            # Stochastic approximation of the median and of the MAD: steps of a fixed fraction
+            # of the spread towards the sample, whose fixed points are the medians.
+            step = a * rsd
+            d = x - med
+            med += step if d > 0.0 else (-step if d < 0.0 else 0.0)
+            dm = abs(d) - mad
+            mad += a * max(mad, floor) if dm > 0.0 else (-a * mad if dm < 0.0 else 0.0)
+        else:
+            # Warming up: the mean, and the mean absolute deviation (0.8 sd; MAD is 0.67 sd).
+            med = mean
+            mad += a * (0.845 * abs(x - mean) - mad)
         if use_tod:
             m, v, c = tod[slot, col], tod[slot, col + 1], tod[slot, col + 2]
-            if c >= warmup:
-                tsd = max(math.sqrt(v), floor)
-                xt = min(max(x, m - clip * tsd), m + clip * tsd)
-                at = 1.0 - math.exp(-dt / (table[p, P_TOD_DAYS] * 86400.0 / bins))
-            else:
-                xt = x
-                at = 1.0 / (c + 1.0)
-            d = xt - m
+            at = max(1.0 - math.exp(-dt / (table[p, P_TOD_DAYS] * 86400.0 / bins)), 1.0 / (c + 1.0))
+            d = min(max(x - m, -clip * tsd), clip * tsd) if tod_warm else x - m
             tod[slot, col] = m + at * d
             tod[slot, col + 1] = (1.0 - at) * (v + at * d * d)
             tod[slot, col + 2] = c + 1.0
@@ -474,7 +550,7 @@ def detect_kernel(
         state[s, LAST_X] = x
         state[s, DT] = dt_avg
         state[s, MEAN] = mean
-        state[s, VAR] = var
+        state[s, DEV] = dev
         state[s, MED] = med
         state[s, MAD] = mad
         state[s, SMEAN] = smean
@@ -489,6 +565,16 @@ def detect_kernel(
         state[s, QUIET] = quiet
         state[s, ALARM_TS] = alarm_ts
         state[s, STALE] = 0.0
+        state[s, LO] = lo
+        state[s, HI] = hi
+        state[s, NE] = ne
+        state[s, ES_E] = es_e
+        state[s, ME_E] = me_e
+        state[s, VE_E] = ve_e
+        state[s, NT] = nt
+        state[s, ES_T] = es_t
+        state[s, ME_T] = me_t
+        state[s, VE_T] = ve_t
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -40,7 +40,7 @@ DEFAULT_FILE = Path(__file__).with_name("profiles.toml")
 DECADES = 10.0
 
 # The most time-of-day bins a profile may use: they are part of every series' state row.
-MAX_TOD_BINS = 24
+MAX_TOD_BINS = 48
 
 
 class Profile(BaseModel):
@@ -56,13 +56,26 @@ class Profile(BaseModel):
     warmup: int = Field(30, ge=1)  # readings before the statistical detectors may score
 
     # Statistical windows.
-    window: int = Field(60, ge=2)  # fast EWMA, robust median/MAD, rate of change
+    window: int = Field(60, ge=2)  # fast EWMA mean, robust median/MAD, rate of change
     window_s: float = Field(0.0, ge=0)
-    slow_window: int = Field(600, ge=2)  # CUSUM reference, flatline base rate
+    spread_window: int = Field(200, ge=2)  # the EWMA's spread (mean absolute residual)
+    spread_window_s: float = Field(0.0, ge=0)
+    slow_window: int = Field(600, ge=2)  # long baseline: CUSUM reference, flatline base rate, floors
     slow_window_s: float = Field(0.0, ge=0)
     clip: float = Field(4.0, gt=0)  # outliers fold in at most this many spreads from the baseline
     resolution: float = Field(0.0, ge=0)  # the sensor's resolution: the smallest spread believed
     min_spread: float = Field(1e-3, ge=0)  # ... and relative to the level
+
+    # Calibration. Off: a Gaussian detector's p is its z's normal tail, right for well-behaved
+    # noise. On: its capped z is averaged over a few readings and judged against the long-run
+    # distribution of that average in the same series (Numenta's anomaly likelihood), which
+    # stays calibrated on heavy-tailed, bursty series.
+    likelihood: bool = False
+    likelihood_window: int = Field(6000, ge=2)  # memory of the distribution of averaged errors
+    ewma_cap: float = Field(3.0, gt=0)  # z beyond this counts as this
+    ewma_short: float = Field(20.0, ge=1)  # readings averaged
+    tod_cap: float = Field(6.0, gt=0)
+    tod_short: float = Field(30.0, ge=1)
 
     # Detectors.
     ewma: bool = True
@@ -77,6 +90,10 @@ class Profile(BaseModel):
     tod: bool = False
     tod_bins: int = Field(24, ge=1, le=MAX_TOD_BINS)
     tod_days: float = Field(7.0, gt=0)  # memory of the time-of-day baseline
+    tod_warmup: int = Field(3, ge=1)  # readings in a bin before it judges
+    tod_floor: float = Field(0.1, ge=0)  # a bin's spread is at least this share of the long spread
+    spatial: bool = False  # a new extreme of the series' history (beyond its range by a margin)
+    spatial_tolerance: float = Field(0.05, ge=0)  # the margin, as a share of the range
     staleness: bool = True
     stale_intervals: float = Field(5.0, gt=1)  # silent for this many usual intervals
     stale_min_s: float = Field(30.0, ge=0)
