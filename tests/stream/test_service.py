@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cityops import contracts
 from cityops.contracts import Reading, Topics
@@ -155,8 +156,11 @@ async def test_a_restarted_stream_resumes_its_saved_state_exactly(
     stack: Stack, topics: Topics, database: str, uid: str
 ) -> None:
     """Stop (state saved), more readings arrive, start again (state restored, readings since
-    replayed): the detector ends exactly where one that never stopped would be."""
-    settings = StreamSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1)
+    replayed): the detector ends exactly where one that never stopped would be. (A warm-up
+    from history instead would replay only 5 readings and end elsewhere.)"""
+    settings = StreamSettings(
+        topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1, warmup_readings=5
+    )
     readings = [_noisy("dev-3", i, spike={70: 30.0, 140: -25.0}) for i in range(300)]
     await _publish(stack, topics, readings[:100])
     await _run_service(settings, database, 100)
@@ -263,3 +267,48 @@ async def test_a_silent_series_raises_one_staleness_alert(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.mark.slow
+async def test_a_rebalance_hands_detector_state_to_the_new_owner(
+    stack: Stack, topics: Topics, database: str, uid: str
+) -> None:
+    """A second instance joins the group: the first saves the state of the partitions it gives
+    up, the second restores it, and every series ends exactly where one uninterrupted detector
+    would be (each reading folded in once, by one of them; a warm-up from history would replay
+    only 5 readings)."""
+    settings = StreamSettings(
+        topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1, warmup_readings=5
+    )
+    devices = [f"reb-{k}" for k in range(12)]  # spread over the topic's 3 partitions
+    first_half = [_noisy(d, i) for i in range(60) for d in devices]
+    second_half = [_noisy(d, i) for i in range(60, 120) for d in devices]
+    async with StreamService(settings) as a, asyncio.TaskGroup() as tasks:
+        run_a = tasks.create_task(a.run())
+        await _publish(stack, topics, first_half)
+        await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), 720))
+        async with StreamService(settings.model_copy(update={"client_id": f"b-{uid}"})) as b:
+            run_b = tasks.create_task(b.run())
+            await eventually(lambda: _true(bool(b._consumer and b._consumer.assignment())), timeout=60)
+            await eventually(lambda: _true(len(a._consumer.assignment()) < 3 if a._consumer else False), timeout=60)
+            await _publish(stack, topics, second_half)
+            await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), 1440), timeout=60)
+            run_b.cancel()
+            run_a.cancel()
+
+    moved = [d for d in devices if not a.detector.is_cold(a.series.id(d, "pressure_kpa"))]
+    taken = [d for d in devices if d in {k[0] for k in (b.series.key(s) for s in range(len(b.series)))}]
+    assert taken, "the second instance took no partition"
+    for device in devices:
+        owner = b if device in taken else a
+        sid = owner.series.id(device, "pressure_kpa")
+        reference = Detector(DetectorConfig.load(DEFAULT_FILE))
+        reference.bind(0, "pipe_node", "pressure_kpa")
+        readings = [r for r in first_half + second_half if r.device_id == device]
+        reference.update(
+            np.zeros(len(readings), np.int64),
+            np.array([r.ts_us for r in readings], np.int64),
+            np.array([r.metrics["pressure_kpa"] for r in readings]),
+        )
+        np.testing.assert_array_equal(owner.detector.state[sid], reference.state[0], err_msg=device)
+    assert set(moved).isdisjoint(taken)
