@@ -401,10 +401,10 @@ def apply(
             case EventKind.LAMP_FAILURE:
                 lit = values["lamp_on"][rows] > 0.5
                 values["power_w"][rows] = np.where(lit, 1.0, values["power_w"][rows])
-                values["current_a"][rows] = values["power_w"][rows] / (values["voltage_v"][rows] * 0.95)
+                values["current_a"][rows] = _current(values["power_w"][rows], values["voltage_v"][rows])
             case EventKind.ENERGY_THEFT:
                 values["power_w"][rows] += m
-                values["current_a"][rows] = values["power_w"][rows] / (values["voltage_v"][rows] * 0.95)
+                values["current_a"][rows] = _current(values["power_w"][rows], values["voltage_v"][rows])
             case EventKind.POLLUTION_EPISODE:
                 for name in ev.metrics[kind]:
                     values[name][rows] *= 1.0 + m * shape
@@ -472,3 +472,10 @@ def _saturate(kind: DeviceKind, values: dict[str, F64]) -> None:
         v = values.get(name)
         if v is not None:
             np.clip(v, spec.low, spec.high, out=v)
+
+
+def _current(power_w: F64, voltage_v: F64) -> F64:
+    """Current at power factor 0.95; none on a dead feeder (an outage overlapping the event)."""
+    out = np.zeros_like(power_w)
+    np.divide(power_w, voltage_v * 0.95, out=out, where=voltage_v > 0)
+    return out
