@@ -230,7 +230,7 @@ def detect_kernel(
     table: F64,
     tod_slot: I64,
     tod: F64,
-    utc_offset_s: float,
+    local: F64,
     score: F64,
     alarm: BOOL,
     fired: I64,
@@ -376,7 +376,9 @@ def detect_kernel(
         tsd = floor
         tod_warm = False
         if use_tod:
-            col = 3 * (int(((t * 1e-6 + utc_offset_s) % 86400.0) * bins / 86400.0) % bins)
+            # Local time: the UTC offset before a switch time, and after it (a DST change).
+            offset = local[0] if t < local[1] else local[2]
+            col = 3 * (int(((t * 1e-6 + offset) % 86400.0) * bins / 86400.0) % bins)
             tod_warm = tod[slot, col + 2] >= table[p, P_TOD_WARMUP]
             tsd = max(math.sqrt(tod[slot, col + 1]), table[p, P_TOD_FLOOR] * ssd, floor)
             if warm and tod_warm:
@@ -734,6 +736,21 @@ class Detector:
         offset = datetime.fromtimestamp(ts_us / 1e6, UTC).astimezone(self._zone).utcoffset()
         return offset.total_seconds() if offset is not None else 0.0
 
+    def local_time(self, ts_us: I64) -> F64:
+        """(offset before, switch time, offset after) for a batch: the zone's UTC offset, and
+        where it changes within the batch's span (found by bisection; at most one change)."""
+        lo, hi = int(ts_us.min()), int(ts_us.max())
+        first, last = self.utc_offset_s(lo), self.utc_offset_s(hi)
+        if first == last:
+            return np.array([first, np.inf, last])
+        while hi - lo > 1:  # offset(lo) == first, offset(hi) == last
+            mid = (lo + hi) // 2
+            if self.utc_offset_s(mid) == first:
+                lo = mid
+            else:
+                hi = mid
+        return np.array([first, float(hi), last])
+
     def update(self, series: I64, ts_us: I64, values: F64, feed: BOOL | None = None) -> Scored:
         """Score a batch (each series' readings in time order) and advance the state with the
         readings ``feed`` selects (all by default)."""
@@ -757,7 +774,7 @@ class Detector:
             self.table,
             self.tod_slot,
             self.tod,
-            self.utc_offset_s(int(ts_us[-1])),
+            self.local_time(ts_us),
             out.score,
             out.alarms,
             out.fired,

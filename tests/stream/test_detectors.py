@@ -305,3 +305,18 @@ def test_unfed_readings_are_scored_zero_and_change_nothing(seed: int, dup: int) 
     out = b.update(np.zeros(idx.size, np.int64), ts[idx], x[idx], feed)
     np.testing.assert_array_equal(a.state[0], b.state[0])
     assert np.all(out.score[~feed] == 0)
+
+
+def test_time_of_day_follows_daylight_saving_time_within_a_batch() -> None:
+    """Amsterdam went from UTC+1 to UTC+2 at 2026-03-29 01:00 UTC: a reading an hour after
+    that is 04:00 local time, in the bin of 04:00 whatever else its batch holds."""
+    det = Detector(DetectorConfig.parse({"timezone": "Europe/Amsterdam", "defaults": {"tod": True}}))
+    switch = 1_774_746_000_000_000  # 2026-03-29T01:00:00Z
+    np.testing.assert_array_equal(
+        det.local_time(np.array([switch - 3_600_000_000, switch + 3_600_000_000], np.int64)),
+        [3600.0, switch, 7200.0],
+    )
+    before, after = switch - 1_800_000_000, switch + 3_600_000_000  # 01:30 CET, 04:00 CEST
+    det.update(np.array([0, 0], np.int64), np.array([before, after], np.int64), np.array([1.0, 2.0]))
+    bins = det.tod[det.tod_slot[0]].reshape(-1, 3)[:24]
+    assert bins[1, 2] == 1 and bins[4, 2] == 1 and bins[:, 2].sum() == 2  # 01:xx and 04:xx local
