@@ -20,11 +20,16 @@ import io
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.core.typing.templates import Signature
+from numba.extending import intrinsic
 
 from stream.profiles import DECADES, MAX_TOD_BINS, PARAMS, DetectorConfig, Profile
 
@@ -169,6 +174,7 @@ _MAD_TO_SD = 1.4826  # MAD of a normal distribution is 0.6745 sd
 _ABS_TO_SD = math.sqrt(math.pi / 2)  # mean absolute deviation of a normal distribution is 0.7979 sd
 _LOG10_HALF = math.log10(0.5)
 _FLOOR = -DECADES  # log10 p of a certain anomaly (a limit): score 1
+_AHEAD = 8  # readings ahead whose state row is prefetched
 _HUGE = 1e100  # beyond any physical quantity; squares would overflow the state
 # Fast math without the flags that assume no NaN or infinity: both are data here.
 _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -201,6 +207,28 @@ def _log10_tail(z: float) -> float:
         return float(_TAIL[j] * (1.0 - w) + _TAIL[j + 1] * w)
     u = z / _SQRT2
     return (-u * u - math.log(u * _SQRTPI)) / _LN10
+
+
+@intrinsic
+def _prefetch(
+    typingctx: object, array: types.Array, row: types.Integer, col: types.Integer
+) -> tuple[Signature, object]:
+    """LLVM's prefetch of ``array[row, col]`` (for writing, keep in all caches): a hint, no
+    effect on results. Numba does not expose the instruction."""
+    sig = types.void(array, row, col)
+
+    def codegen(context: Any, builder: Any, signature: Signature, args: Any) -> Any:
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
@@ -249,10 +277,19 @@ def detect_kernel(
     prove the arrays do not overlap, so reading and writing them in place would reload the
     row after every store.
     """
-    for i in range(values.shape[0]):
+    count = values.shape[0]
+    for i in range(count):
         s = series[i]
         x = values[i]
         t = float(ts[i])
+        # With many series the rows are out of cache, and one reading's work is too long for
+        # the processor to overlap its misses with the next reading's: ask for a later
+        # reading's row now, so it arrives while this one is scored.
+        if i + _AHEAD < count:
+            ahead = series[i + _AHEAD]
+            for c in range(0, NSTATE, 8):
+                _prefetch(state, ahead, c)
+            _prefetch(state, ahead, NSTATE - 1)
         score[i] = 0.0
         alarm[i] = False
         fired[i] = 0
