@@ -209,8 +209,7 @@ def _log10_tail(z: float) -> float:
     return (-u * u - math.log(u * _SQRTPI)) / _LN10
 
 
-@intrinsic
-def _prefetch(
+def _prefetch_typing(
     typingctx: object, array: types.Array, row: types.Integer, col: types.Integer
 ) -> tuple[Signature, object]:
     """LLVM's prefetch of ``array[row, col]`` (for writing, keep in all caches): a hint, no
@@ -220,15 +219,20 @@ def _prefetch(
     def codegen(context: Any, builder: Any, signature: Signature, args: Any) -> Any:
         aryty = signature.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]], wraparound=False)
+        ptr = cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
+            context, builder, aryty, ary, [args[1], args[2]], wraparound=False
+        )
         i8p = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")  # type: ignore[no-untyped-call]
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+_prefetch: Any = intrinsic(_prefetch_typing)
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
