@@ -71,7 +71,8 @@ LMEAN, QUIET, ALARM_TS, STALE = 16, 17, 18, 19  # limit mean; episode (-1: none)
 LO, HI = 20, 21  # the range of the series' history
 NE, ES_E, ME_E, VE_E = 22, 23, 24, 25  # likelihood of the EWMA channel: count; short mean; long mean, var
 NT, ES_T, ME_T, VE_T = 26, 27, 28, 29  # ... of the time-of-day channel
-NSTATE = 30
+NFIELDS = 30
+NSTATE = 32  # two spare columns: a row is 256 B, four whole cache lines (the array is aligned)
 
 # Columns of the profile table (stream.profiles.PARAMS order; checked at import).
 (
@@ -235,6 +236,29 @@ def _prefetch_typing(
 _prefetch: Any = intrinsic(_prefetch_typing)
 
 
+def _prefetch_1d_typing(typingctx: object, array: types.Array, index: types.Integer) -> tuple[Signature, object]:
+    """``_prefetch`` of ``array[index]`` for a 1-d array."""
+    sig = types.void(array, index)
+
+    def codegen(context: Any, builder: Any, signature: Signature, args: Any) -> Any:
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
+            context, builder, aryty, ary, [args[1]], wraparound=False
+        )
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")  # type: ignore[no-untyped-call]
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_prefetch_1d: Any = intrinsic(_prefetch_1d_typing)
+
+
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _log10_upper(z: float) -> float:
     """log10 P(Z >= z), one-sided; at most log10(1/2) (below the mean nothing is anomalous)."""
@@ -293,7 +317,16 @@ def detect_kernel(
             ahead = series[i + _AHEAD]
             for c in range(0, NSTATE, 8):
                 _prefetch(state, ahead, c)
-            _prefetch(state, ahead, NSTATE - 1)
+            _prefetch_1d(profile_of, ahead)
+            _prefetch_1d(tod_slot, ahead)
+        if i + _AHEAD // 2 < count:
+            # Its time-of-day bin, once its slot has arrived.
+            ahead = series[i + _AHEAD // 2]
+            slot = tod_slot[ahead]
+            if slot >= 0:
+                bins = int(table[profile_of[ahead], P_TOD_BINS])
+                t_ahead = float(ts[i + _AHEAD // 2]) * 1e-6 + local[0]
+                _prefetch(tod, slot, 3 * (int((t_ahead % 86400.0) * bins / 86400.0) % bins))
         score[i] = 0.0
         alarm[i] = False
         fired[i] = 0
@@ -636,6 +669,13 @@ def stale_kernel(state: F64, profile_of: I64, table: F64, count: int, now_us: fl
             out[s] = True
 
 
+def _aligned_rows(rows: int) -> F64:
+    """Zeroed state rows whose start is 64-byte aligned, so each row is whole cache lines."""
+    buffer = np.zeros(rows * NSTATE + 8, np.float64)
+    skip = (-buffer.ctypes.data % 64) // 8
+    return buffer[skip : skip + rows * NSTATE].reshape(rows, NSTATE)
+
+
 @dataclass
 class Scored:
     """Per-reading results of one batch, aligned with the input arrays."""
@@ -660,7 +700,7 @@ class Detector:
     """
 
     def __init__(self, config: DetectorConfig | None = None, capacity: int = 1024) -> None:
-        self.state = np.zeros((capacity, NSTATE), np.float64)
+        self.state = _aligned_rows(capacity)
         self.profile_of = np.zeros(capacity, np.int64)
         self.tod_slot = np.full(capacity, -1, np.int64)
         self.tod = np.zeros((0, NTOD), np.float64)
@@ -673,6 +713,7 @@ class Detector:
     def reload(self, config: DetectorConfig) -> None:
         self.config = config
         self._ids, self.profiles, self.table = config.compile()
+        self._any_tod = bool((self.table[:, P_TOD] > 0).any())
         self._zone = ZoneInfo(config.timezone)
         for sid, (kind, metric) in self._bound.items():
             self.profile_of[sid] = config.profile_id(self._ids, kind, metric)
@@ -705,13 +746,17 @@ class Detector:
         if needed <= size:
             return
         new = max(needed, size * 2)
-        self.state = np.concatenate([self.state, np.zeros((new - size, NSTATE))])
+        state = _aligned_rows(new)
+        state[:size] = self.state
+        self.state = state
         self.profile_of = np.concatenate([self.profile_of, np.zeros(new - size, np.int64)])
         self.tod_slot = np.concatenate([self.tod_slot, np.full(new - size, -1, np.int64)])
 
     def _give_tod_slots(self, series: I64) -> None:
         """Time-of-day bins for the series whose profile wants them (most do not: they cost
         ``NTOD`` floats each)."""
+        if not self._any_tod:
+            return
         wants = self.table[self.profile_of[series], P_TOD] > 0
         need = np.unique(series[wants & (self.tod_slot[series] < 0)])
         if not need.size:
@@ -726,7 +771,7 @@ class Detector:
 
     def is_cold(self, sid: int) -> bool:
         """No reading of this series has been seen (since the process started or it was reset)."""
-        return sid >= self.state.shape[0] or self.state[sid, N] == 0
+        return bool(sid >= self.state.shape[0] or self.state[sid, N] == 0)
 
     def last_ts(self, sid: int) -> int:
         return int(self.state[sid, LAST_TS])
