@@ -954,7 +954,7 @@ def run(plan: Plan, out: Console | None = None) -> list[Figure]:
     add("speedup_vs_river_hst", full.rate / hst.rate, "x")
     million = 1_000_000
     add("state_bytes_per_series", plain.nbytes_per_series, "B", "Detector.nbytes / series")
-    add("state_bytes_per_series_tod", with_tod.nbytes_per_series, "B", f"with {det.NTOD // 3} time-of-day bins")
+    add("state_bytes_per_series_tod", with_tod.nbytes_per_series, "B", f"with {Profile().tod_bins} time-of-day bins")
     add("measured_bytes_per_series", plain.measured_per_series, "B", f"{plain.how}, {plan.memory_series:,} series")
     add("measured_bytes_per_series_tod", with_tod.measured_per_series, "B", with_tod.how)
     add("one_million_series", million * plain.measured_per_series / GIB, "GiB", "measured, default profile")

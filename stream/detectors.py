@@ -165,7 +165,7 @@ assert PARAMS == (
     "limit_high",
     "limit_window_s",
 )
-# Time-of-day state: per bin (mean, var, n).
+# Time-of-day state: per bin (mean, var, n), as many bins as the profiles use at most.
 NTOD = 3 * MAX_TOD_BINS
 
 _LN10 = math.log(10.0)
@@ -268,10 +268,19 @@ def _log10_upper(z: float) -> float:
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _decay(x: float) -> float:
+    """1 - exp(-x); for the small x of one reading's share of a window without calling exp
+    (error below x**3 / 6)."""
+    if x < 1e-3:
+        return x * (1.0 - 0.5 * x)
+    return 1.0 - math.exp(-x)
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _alpha(dt: float, window: float, window_s: float) -> float:
     """EWMA weight of a reading: by count (2 / (window + 1)) or by the time it covers."""
     if window_s > 0.0:
-        return 1.0 - math.exp(-2.0 * dt / window_s)
+        return _decay(2.0 * dt / window_s)
     return 2.0 / (window + 1.0)
 
 
@@ -615,7 +624,7 @@ def detect_kernel(
             mad += a * (0.845 * abs(x - mean) - mad)
         if use_tod:
             m, v, c = tod[slot, col], tod[slot, col + 1], tod[slot, col + 2]
-            at = max(1.0 - math.exp(-dt / (table[p, P_TOD_DAYS] * 86400.0 / bins)), 1.0 / (c + 1.0))
+            at = max(_decay(dt * bins / (table[p, P_TOD_DAYS] * 86400.0)), 1.0 / (c + 1.0))
             d = min(max(x - m, -clip * tsd), clip * tsd) if tod_warm else x - m
             tod[slot, col] = m + at * d
             tod[slot, col + 1] = (1.0 - at) * (v + at * d * d)
@@ -703,7 +712,7 @@ class Detector:
         self.state = _aligned_rows(capacity)
         self.profile_of = np.zeros(capacity, np.int64)
         self.tod_slot = np.full(capacity, -1, np.int64)
-        self.tod = np.zeros((0, NTOD), np.float64)
+        self.tod = np.zeros((0, 3), np.float64)
         self._bound: dict[int, tuple[str, str]] = {}
         self._tod_used = 0
         self.reload(config or DetectorConfig())
@@ -713,7 +722,12 @@ class Detector:
     def reload(self, config: DetectorConfig) -> None:
         self.config = config
         self._ids, self.profiles, self.table = config.compile()
-        self._any_tod = bool((self.table[:, P_TOD] > 0).any())
+        uses = self.table[:, P_TOD] > 0
+        self._any_tod = bool(uses.any())
+        width = 3 * int(self.table[uses, P_TOD_BINS].max()) if self._any_tod else 3
+        if width != self.tod.shape[1]:
+            # Bins of another width mean other hours: the time-of-day baselines learn again.
+            self.tod = np.zeros((self.tod.shape[0], width))
         self._zone = ZoneInfo(config.timezone)
         for sid, (kind, metric) in self._bound.items():
             self.profile_of[sid] = config.profile_id(self._ids, kind, metric)
@@ -763,7 +777,7 @@ class Detector:
             return
         end = self._tod_used + need.size
         if end > self.tod.shape[0]:
-            grown = np.zeros((max(end, 2 * self.tod.shape[0], 64), NTOD))
+            grown = np.zeros((max(end, 2 * self.tod.shape[0], 64), self.tod.shape[1]))
             grown[: self.tod.shape[0]] = self.tod
             self.tod = grown
         self.tod_slot[need] = np.arange(self._tod_used, end)
@@ -803,13 +817,15 @@ class Detector:
                 row = np.load(io.BytesIO(blob), allow_pickle=False)
             except (ValueError, EOFError, OSError) as exc:
                 raise ValueError(f"unreadable detector snapshot: {exc}") from exc
-            if row.ndim != 1 or row.shape[0] not in (NSTATE, NSTATE + NTOD):
-                raise ValueError(f"detector snapshot of {row.shape[0]} values, expected {NSTATE} or {NSTATE + NTOD}")
+            extra = row.shape[0] - NSTATE if row.ndim == 1 else -1
+            if extra < 0 or extra % 3 or extra > NTOD:
+                raise ValueError(f"detector snapshot of {row.size} values: not a state row ({NSTATE} + bins)")
             self.state[sid] = row[:NSTATE]
             self._give_tod_slots(np.array([sid], np.int64))
             slot = self.tod_slot[sid]
             if slot >= 0:
-                self.tod[slot] = row[NSTATE:] if row.shape[0] > NSTATE else 0.0
+                # Saved with bins of another width (the profiles changed): learn them again.
+                self.tod[slot] = row[NSTATE:] if extra == self.tod.shape[1] else 0.0
 
     @property
     def nbytes(self) -> int:

@@ -15,6 +15,7 @@ from benchmarks import detector_speed as bench
 from benchmarks.detector_speed import LIMITS, Batch, PurePythonDetector, Scoring, Workload, config
 from stream import detectors as det
 from stream.detectors import Detector, DetectorConfig, Kind, Scored
+from stream.profiles import Profile
 
 FIGURE = re.compile(r"^(?P<name>[a-z0-9_]+): (?P<value>[-+0-9.eE]+) (?P<unit>\S.*)$")
 
@@ -66,7 +67,7 @@ def test_quick_run_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> No
             assert value > 0, name
     # 20 float64 state columns plus the profile id and the time-of-day slot; 24 bins of 3.
     assert printed["state_bytes_per_series"][0] == det.NSTATE * 8 + 16
-    assert printed["state_bytes_per_series_tod"][0] == det.NSTATE * 8 + 16 + det.NTOD * 8
+    assert printed["state_bytes_per_series_tod"][0] == det.NSTATE * 8 + 16 + 3 * Profile().tod_bins * 8
     assert printed["kernel_readings_per_s_per_core"] == printed["detector_full_profile"]
 
 
