@@ -320,3 +320,39 @@ def test_time_of_day_follows_daylight_saving_time_within_a_batch() -> None:
     det.update(np.array([0, 0], np.int64), np.array([before, after], np.int64), np.array([1.0, 2.0]))
     bins = det.tod[det.tod_slot[0]].reshape(-1, 3)[:24]
     assert bins[1, 2] == 1 and bins[4, 2] == 1 and bins[:, 2].sum() == 2  # 01:xx and 04:xx local
+
+
+REFERENCE_PROFILES = {
+    "default": {},
+    "likelihood_tod_spatial": {"likelihood": True, "tod": True, "spatial": True, "robust": False},
+    "time_windows_limits": {"window_s": 300, "slow_window_s": 3000, "limit_high": 5.0, "limit_window_s": 60},
+}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    profile=st.sampled_from(sorted(REFERENCE_PROFILES)),
+    values=st.lists(st.one_of(st.floats(-1e6, 1e6), anything), min_size=1, max_size=120),
+    steps=st.lists(st.integers(min_value=-20, max_value=4000), min_size=1, max_size=120),
+    series=st.lists(st.integers(min_value=0, max_value=2), min_size=1, max_size=120),
+)
+def test_the_kernel_matches_the_plain_python_reference(
+    profile: str, values: list[float], steps: list[int], series: list[int]
+) -> None:
+    """The kernel against `benchmarks.detector_speed.PurePythonDetector` (the same recurrence
+    written one reading at a time, with the kernel's tail table) on adversarial input: NaN,
+    infinities, huge values, constant runs, duplicate and backwards timestamps, long gaps."""
+    from benchmarks.detector_speed import PurePythonDetector
+    from stream import detectors
+
+    n = len(values)
+    sids = np.resize(np.asarray(series, np.int64), n)
+    ts = T0 + np.cumsum(np.resize(np.asarray(steps, np.int64), n)) * 1_000_000
+    x = np.asarray(values, np.float64)
+    cfg = DetectorConfig.parse({"defaults": {"warmup": 5, **REFERENCE_PROFILES[profile]}})
+    kernel = Detector(cfg).update(sids, ts, x)
+    python = PurePythonDetector(cfg, tail=detectors._log10_tail.py_func)
+    reference = python.update(sids.tolist(), ts.tolist(), x.tolist())
+    np.testing.assert_allclose(kernel.score, [r.score for r in reference], rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(kernel.alarms, [r.alarm for r in reference])
+    np.testing.assert_array_equal(kernel.top, [r.top for r in reference])
