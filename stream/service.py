@@ -332,7 +332,9 @@ class StreamService(AsyncService):
         restored = []
         for i, (blob, last_ts) in saved.items():
             sid, before = cold[i]
-            if last_ts < before:  # a state from the future of this batch would skip readings
+            # Not from this batch's future (it would skip readings), nor from before a silence
+            # longer than the age cap (the world moved on: a cold start is more honest).
+            if before - floor <= last_ts < before:
                 restored.append((sid, blob))
                 after[i] = last_ts
         if restored:

@@ -30,8 +30,10 @@ class StreamSettings(CommonSettings):
     snapshot_interval_s: float = 60.0
     # A series the process has not seen (after a restart or a rebalance) without a saved state
     # warms up from its latest stored readings, so it neither misses the next anomaly nor
-    # alarms on noise. The age cap keeps a long-silent device from waking on stale history.
+    # alarms on noise. Saved state and history older than the age cap before the series' next
+    # reading are ignored: a device silent for longer starts cold rather than judging today by
+    # yesterday (a restarted demo would otherwise alarm on every lamp's temperature).
     warmup_readings: int = 200
-    warmup_max_age_s: float = 7 * 86_400
+    warmup_max_age_s: float = 3_600
     metrics_host: str = "127.0.0.1"
     metrics_port: int = STREAM_METRICS_PORT

@@ -312,3 +312,23 @@ async def test_a_rebalance_hands_detector_state_to_the_new_owner(
         )
         np.testing.assert_array_equal(owner.detector.state[sid], reference.state[0], err_msg=device)
     assert set(moved).isdisjoint(taken)
+
+
+async def test_a_series_silent_for_longer_than_the_age_cap_starts_cold(
+    stack: Stack, topics: Topics, database: str, uid: str
+) -> None:
+    """Yesterday's state must not judge today: after a silence longer than
+    ``warmup_max_age_s`` neither the saved state nor the old history is used."""
+    settings = StreamSettings(
+        topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1, warmup_max_age_s=600
+    )
+    await _publish(stack, topics, [_noisy("dev-7", i) for i in range(60)])
+    await _run_service(settings, database, 60)
+    later = [
+        Reading("dev-7", "pipe_node", 1000 + i, T0 + (7200 + i) * 1_000_000, {"pressure_kpa": 300.0 + (i % 3)}, T0)
+        for i in range(20)
+    ]
+    await _publish(stack, topics, later)  # two hours later, at another level
+    second = await _run_service(settings, database, 80)
+    assert second.detector.state[second.series.id("dev-7", "pressure_kpa"), 0] == 20  # only today's readings
+    assert not await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=1, timeout=3)
