@@ -210,53 +210,38 @@ def _log10_tail(z: float) -> float:
     return (-u * u - math.log(u * _SQRTPI)) / _LN10
 
 
+def _prefetch_codegen(write: int) -> Any:
+    """Code for LLVM's prefetch of ``array[indices]`` (keep in all caches; ``write`` 1 for a
+    store to come): a hint, no effect on results. Numba does not expose the instruction."""
+
+    def codegen(context: Any, builder: Any, signature: Signature, args: Any) -> Any:
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
+            context, builder, aryty, ary, list(args[1:]), wraparound=False
+        )
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")  # type: ignore[no-untyped-call]
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(write), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return codegen
+
+
 def _prefetch_typing(
     typingctx: object, array: types.Array, row: types.Integer, col: types.Integer
 ) -> tuple[Signature, object]:
-    """LLVM's prefetch of ``array[row, col]`` (for writing, keep in all caches): a hint, no
-    effect on results. Numba does not expose the instruction."""
-    sig = types.void(array, row, col)
-
-    def codegen(context: Any, builder: Any, signature: Signature, args: Any) -> Any:
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
-            context, builder, aryty, ary, [args[1], args[2]], wraparound=False
-        )
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")  # type: ignore[no-untyped-call]
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-_prefetch: Any = intrinsic(_prefetch_typing)
+    return types.void(array, row, col), _prefetch_codegen(write=1)
 
 
 def _prefetch_1d_typing(typingctx: object, array: types.Array, index: types.Integer) -> tuple[Signature, object]:
-    """``_prefetch`` of ``array[index]`` for a 1-d array."""
-    sig = types.void(array, index)
-
-    def codegen(context: Any, builder: Any, signature: Signature, args: Any) -> Any:
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
-            context, builder, aryty, ary, [args[1]], wraparound=False
-        )
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")  # type: ignore[no-untyped-call]
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
+    return types.void(array, index), _prefetch_codegen(write=0)
 
 
-_prefetch_1d: Any = intrinsic(_prefetch_1d_typing)
+_prefetch: Any = intrinsic(_prefetch_typing)  # state[row, col], to be written
+_prefetch_1d: Any = intrinsic(_prefetch_1d_typing)  # array[index], to be read
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")

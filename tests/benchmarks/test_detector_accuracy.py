@@ -196,9 +196,6 @@ def figures(out: str) -> dict[str, float]:
 SKAB_FILE = da.DEFAULT_SKAB / "valve1" / "1.csv"
 
 
-@pytest.mark.skipif(
-    not (SKAB_FILE.is_file() and da.DEFAULT_GECCO.is_file()), reason="needs ../shared/data (SKAB, GECCO 2018)"
-)
 def test_cli_on_small_slices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     skab = tmp_path / "skab"
     (skab / "valve1").mkdir(parents=True)

@@ -118,7 +118,6 @@ def test_the_same_seed_gives_the_same_run_however_time_is_cut() -> None:
     assert a.truth != c.truth
 
 
-@pytest.mark.skipif(not GECCO.exists(), reason="needs ../shared/data/gecco2018 beside the repository")
 def test_water_quality_stations_can_replay_the_gecco_recording() -> None:
     import pandas as pd
 
