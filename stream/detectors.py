@@ -16,7 +16,6 @@ not alarmed within the refractory period: one alarm per episode.
 from __future__ import annotations
 
 import enum
-import io
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -783,28 +782,25 @@ class Detector:
         self.tod[slots[slots >= 0]] = 0.0
 
     def snapshot(self, series: I64) -> list[bytes]:
-        """Each series' whole state, as bytes that ``restore`` takes back."""
+        """Each series' whole state (its row, then its time-of-day bins if it has them) as
+        little-endian float64 bytes that ``restore`` takes back."""
         out = []
         for sid in series.tolist():
             slot = self.tod_slot[sid] if sid < self.tod_slot.shape[0] else -1
-            tod = self.tod[slot] if slot >= 0 else np.zeros(0)
-            buf = io.BytesIO()
-            np.save(buf, np.concatenate([self.state[sid], tod]), allow_pickle=False)
-            out.append(buf.getvalue())
+            row = self.state[sid].astype("<f8").tobytes()
+            out.append(row + self.tod[slot].astype("<f8").tobytes() if slot >= 0 else row)
         return out
 
     def restore(self, series: I64, blobs: list[bytes]) -> None:
+        """Put saved states back; raises ValueError for bytes that are not one."""
         if not len(blobs):
             return
         self._grow(int(series.max()) + 1)
         for sid, blob in zip(series.tolist(), blobs, strict=True):
-            try:
-                row = np.load(io.BytesIO(blob), allow_pickle=False)
-            except (ValueError, EOFError, OSError) as exc:
-                raise ValueError(f"unreadable detector snapshot: {exc}") from exc
-            extra = row.shape[0] - NSTATE if row.ndim == 1 else -1
-            if extra < 0 or extra % 3 or extra > NTOD:
-                raise ValueError(f"detector snapshot of {row.size} values: not a state row ({NSTATE} + bins)")
+            extra = len(blob) // 8 - NSTATE
+            if len(blob) % 8 or extra < 0 or extra % 3 or extra > NTOD:
+                raise ValueError(f"detector snapshot of {len(blob)} bytes: not a state row ({NSTATE} + bins floats)")
+            row = np.frombuffer(blob, "<f8")
             self.state[sid] = row[:NSTATE]
             self._give_tod_slots(np.array([sid], np.int64))
             slot = self.tod_slot[sid]

@@ -329,17 +329,20 @@ class StreamService(AsyncService):
         saved = await self.store.load_states(keys)
         floor = int(self.settings.warmup_max_age_s * 1_000_000)
         after = [t - floor for _, t in cold]
-        restored = []
         for i, (blob, last_ts) in saved.items():
             sid, before = cold[i]
             # Not from this batch's future (it would skip readings), nor from before a silence
             # longer than the age cap (the world moved on: a cold start is more honest).
-            if before - floor <= last_ts < before:
-                restored.append((sid, blob))
-                after[i] = last_ts
-        if restored:
-            self.detector.restore(np.asarray([s for s, _ in restored], np.int64), [b for _, b in restored])
-            metrics.STATES_RESTORED.inc(len(restored))
+            if not before - floor <= last_ts < before:
+                continue
+            try:
+                self.detector.restore(np.array([sid], np.int64), [blob])
+            except ValueError as exc:  # not a state this version reads: warm up from history
+                _log.warning("detector state not restored", series=keys[i], error=str(exc))
+                self.detector.reset(np.array([sid], np.int64))
+                continue
+            after[i] = last_ts
+            metrics.STATES_RESTORED.inc()
         hist_idx, hist_ts, hist_values = await self.store.history(
             keys, [before for _, before in cold], after, limit=self.settings.warmup_readings
         )

@@ -186,13 +186,20 @@ async def test_a_restarted_stream_resumes_its_saved_state_exactly(
     assert all(a.explanation and a.detectors for a in alerts)
 
 
-async def test_without_a_saved_state_a_stream_warms_up_from_history(
-    stack: Stack, topics: Topics, database: str, uid: str
+@pytest.mark.parametrize(
+    "lose_state",
+    [
+        "DELETE FROM detector_state RETURNING 1",
+        "UPDATE detector_state SET state = 'not a state' RETURNING 1",  # another version's bytes
+    ],
+)
+async def test_without_a_usable_saved_state_a_stream_warms_up_from_history(
+    stack: Stack, topics: Topics, database: str, uid: str, lose_state: str
 ) -> None:
     settings = StreamSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1)
     await _publish(stack, topics, [_noisy("dev-4", i) for i in range(40)])
     await _run_service(settings, database, 40)
-    await scalar(database, "DELETE FROM detector_state RETURNING 1")
+    await scalar(database, lose_state)
     # Without history a cold detector would need 30 readings before it could alert.
     await _publish(stack, topics, [_noisy("dev-4", i, spike={45: 40.0}) for i in range(40, 50)])
     await _run_service(settings, database, 50)
