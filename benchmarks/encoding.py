@@ -43,20 +43,22 @@ READING = Reading(
     gateway_us=1_795_273_311_571_004,
 )
 ALERT = Alert(
-    alert_id="pipe-0003/pressure_kpa/1795273311569123/ewma_z",
+    alert_id="pipe-0003/pressure_kpa/1795273311569123/ewma",
     device_id="pipe-0003",
     kind="pipe_node",
     metric="pressure_kpa",
     ts_us=1_795_273_311_569_123,
     value=508.14,
-    score=31.75,
-    detector="ewma_z",
+    score=1.0,
+    detector="ewma",
     baseline=428.03,
     spread=2.52,
-    window=39,
+    window=60,
     seq=45,
     gateway_us=1_795_273_311_571_004,
     emitted_us=1_795_273_311_590_000,
+    detectors=["ewma", "robust", "roc"],
+    explanation="pressure_kpa = 508.1 kPa, expected 428 +- 2.5 kPa by ewma over 60 readings; p < 1e-10.0",
 )
 
 Codec = tuple[Callable[[Any], bytes], Callable[[bytes], Any]]
