@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS detector_state (
     saved_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (device_id, metric)
 );
+ALTER TABLE detector_state ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT '';
 """
 
 # The primary key is the idempotency key: a replayed batch inserts nothing new.

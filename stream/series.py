@@ -17,6 +17,10 @@ class SeriesIndex:
             self._keys.append(key)
         return sid
 
+    def find(self, device_id: str, metric: str) -> int | None:
+        """The series' id if it has one (``id`` gives one)."""
+        return self._ids.get((device_id, metric))
+
     def key(self, sid: int) -> tuple[str, str]:
         return self._keys[sid]
 

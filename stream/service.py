@@ -17,6 +17,7 @@ import numpy as np
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
+from aiokafka.partitioner import murmur2
 
 from cityops import log
 from cityops.contracts import (
@@ -39,7 +40,7 @@ from stream.errors import ConfigError
 from stream.profiles import ProfileFile
 from stream.series import SeriesIndex
 from stream.settings import StreamSettings
-from stream.store import ReadingStore, Rows, save_states
+from stream.store import ReadingStore, Rows, all_states, history, save_states
 
 _log = log.get("stream")
 
@@ -54,7 +55,7 @@ class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._service.hand_over([tp.partition for tp in revoked])
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        pass
+        await self._service.adopt([tp.partition for tp in assigned])
 
 
 class StreamService(AsyncService):
@@ -76,6 +77,10 @@ class StreamService(AsyncService):
         # Stream time: the newest reading's timestamp, and the wall clock when it arrived.
         self._newest_us = 0
         self._newest_at = 0
+        self._caught_up = False  # the last poll found nothing: the stream is live
+        # Rebalance callbacks run while a batch may be suspended mid-way: restoring, replaying
+        # and scoring take this lock, so no series is folded twice.
+        self._state_lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._series_by_partition: dict[int, set[int]] = {}
         self._producer: AIOKafkaProducer | None = None
@@ -147,6 +152,7 @@ class StreamService(AsyncService):
             due[name] = start + seconds * 1e6
         while True:
             batch = await self._consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch)
+            self._caught_up = not batch
             if batch:
                 await self.process(batch)
             now = self._clock()
@@ -179,9 +185,11 @@ class StreamService(AsyncService):
 
     def stream_time(self) -> int:
         """The newest reading's time, advanced by the wall clock since it arrived: while the
-        consumer catches up with a backlog, silence is judged against the data, not the clock."""
+        consumer catches up with a backlog, silence is judged against the data, not the clock.
+        Before any reading, once a poll finds nothing to catch up: the clock (a whole city
+        that fell silent while no consumer ran is still noticed)."""
         if not self._newest_us:
-            return 0
+            return self._clock() if self._caught_up else 0
         return self._newest_us + max(0, self._clock() - self._newest_at)
 
     async def check_staleness(self) -> list[Alert]:
@@ -229,6 +237,7 @@ class StreamService(AsyncService):
         await save_states(
             conn or self.store.conn,
             [self.series.key(sid) for sid in series],
+            [self._kinds[sid] for sid in series],
             self.detector.snapshot(sids),
             [self.detector.last_ts(sid) for sid in series],
         )
@@ -322,12 +331,17 @@ class StreamService(AsyncService):
         order = np.lexsort((ts[idx], series[idx]))
         unique, first = np.unique(series[idx][order], return_index=True)
         first_ts = ts[idx][order][first]
-        cold = [(int(s), int(t)) for s, t in zip(unique, first_ts, strict=True) if self.detector.is_cold(int(s))]
+        floor = int(self.settings.warmup_max_age_s * 1_000_000)
+        cold = []
+        for s, t in zip(unique.tolist(), first_ts.tolist(), strict=True):
+            if not self.detector.is_cold(s) and t - self.detector.last_ts(s) > floor:
+                self.detector.reset(np.array([s], np.int64))  # silent too long: start again
+            if self.detector.is_cold(s):
+                cold.append((s, t))
         if not cold:
             return
         keys = [self.series.key(s) for s, _ in cold]
         saved = await self.store.load_states(keys)
-        floor = int(self.settings.warmup_max_age_s * 1_000_000)
         after = [t - floor for _, t in cold]
         for i, (blob, last_ts) in saved.items():
             sid, before = cold[i]
@@ -351,18 +365,77 @@ class StreamService(AsyncService):
             self.detector.update(sids, np.asarray(hist_ts, np.int64), np.asarray(hist_values, np.float64))
             metrics.WARMUP_READINGS.inc(len(hist_idx))
 
+    async def adopt(self, partitions: list[int]) -> None:
+        """Partitions were assigned to this consumer: restore their series' saved state now,
+        not at their next reading, and replay what was stored after it, so a device that fell
+        silent while no consumer ran is noticed (staleness). On a connection of its own, as in
+        ``hand_over``."""
+        if self.store.mode is None or self._consumer is None or not partitions:
+            return
+        total = len(self._consumer.partitions_for_topic(self._topics.readings) or ())
+        if not total:
+            return
+        wanted = set(partitions)
+        try:
+            async with (
+                self._state_lock,
+                await psycopg.AsyncConnection.connect(self.settings.pg_dsn, autocommit=True) as conn,
+            ):
+                saved = [
+                    st
+                    for st in await all_states(conn)
+                    # The gateway keys readings by device id: Kafka's default partitioner.
+                    if (murmur2(st.device_id.encode()) & 0x7FFFFFFF) % total in wanted
+                ]
+                adopted = []
+                for st in saved:
+                    sid = self.series.id(st.device_id, st.metric)
+                    if sid == len(self._kinds):
+                        self._kinds.append(st.kind)
+                        self.detector.bind(sid, st.kind, st.metric)
+                    if not self.detector.is_cold(sid):
+                        continue
+                    try:
+                        self.detector.restore(np.array([sid], np.int64), [st.state])
+                    except ValueError as exc:
+                        _log.warning("detector state not restored", series=(st.device_id, st.metric), error=str(exc))
+                        continue
+                    partition = (murmur2(st.device_id.encode()) & 0x7FFFFFFF) % total
+                    self._series_by_partition.setdefault(partition, set()).add(sid)
+                    adopted.append((sid, st))
+                hist_idx, hist_ts, hist_values = await history(
+                    conn,
+                    [(st.device_id, st.metric) for _, st in adopted],
+                    [2**62] * len(adopted),
+                    [st.last_ts_us for _, st in adopted],
+                    limit=self.settings.warmup_readings,
+                )
+                if hist_idx:
+                    self.detector.update(
+                        np.asarray([adopted[i][0] for i in hist_idx], np.int64),
+                        np.asarray(hist_ts, np.int64),
+                        np.asarray(hist_values, np.float64),
+                    )
+        except psycopg.Error as exc:
+            _log.warning("detector state not adopted", error=str(exc))
+            return
+        metrics.STATES_RESTORED.inc(len(adopted))
+        metrics.SERIES.set(len(self.series))
+        _log.info("detector state adopted", partitions=sorted(wanted), series=len(adopted))
+
     async def hand_over(self, partitions: list[int]) -> None:
         """Partitions move to another consumer: save their series' state for the new owner
         (on a connection of its own: a batch may hold the writer's), then forget it, so that
         if they come back they resume from what the other consumer saved meanwhile."""
-        owned = sorted(set().union(*(self._series_by_partition.get(p, set()) for p in partitions)))
-        if owned and self.store.mode is not None:
-            try:
-                async with await psycopg.AsyncConnection.connect(self.settings.pg_dsn, autocommit=True) as conn:
-                    await self.save_states(owned, conn)
-            except psycopg.Error as exc:
-                _log.warning("detector state not handed over", error=str(exc))
-        self.forget(partitions)
+        async with self._state_lock:
+            owned = sorted(set().union(*(self._series_by_partition.get(p, set()) for p in partitions)))
+            if owned and self.store.mode is not None:
+                try:
+                    async with await psycopg.AsyncConnection.connect(self.settings.pg_dsn, autocommit=True) as conn:
+                        await self.save_states(owned, conn)
+                except psycopg.Error as exc:
+                    _log.warning("detector state not handed over", error=str(exc))
+            self.forget(partitions)
 
     def forget(self, partitions: list[int]) -> None:
         for partition in partitions:
@@ -375,10 +448,11 @@ class StreamService(AsyncService):
         if not rows:
             return []
         series, values, ts = rows.arrays()
-        await self._warm_up(series, ts, new)
-        began = time.perf_counter()
-        scored = self.detector.update(series, ts, values, new)
-        metrics.DETECT_SECONDS.observe(time.perf_counter() - began)
+        async with self._state_lock:
+            await self._warm_up(series, ts, new)
+            began = time.perf_counter()
+            scored = self.detector.update(series, ts, values, new)
+            metrics.DETECT_SECONDS.observe(time.perf_counter() - began)
         metrics.SERIES.set(len(self.series))
         self._dirty.update(np.unique(series[new]).tolist())
         newest = int(ts.max())

@@ -79,23 +79,84 @@ JOIN detector_state s USING (device_id, metric)
 """
 
 SAVE_STATES = """
-INSERT INTO detector_state (device_id, metric, state, last_ts)
-SELECT d, m, s, TIMESTAMPTZ 'epoch' + t * INTERVAL '1 microsecond'
-FROM unnest(%(dev)s::text[], %(met)s::text[], %(state)s::bytea[], %(ts)s::bigint[]) AS q(d, m, s, t)
+INSERT INTO detector_state (device_id, metric, kind, state, last_ts)
+SELECT d, m, k, s, TIMESTAMPTZ 'epoch' + t * INTERVAL '1 microsecond'
+FROM unnest(%(dev)s::text[], %(met)s::text[], %(kind)s::text[], %(state)s::bytea[], %(ts)s::bigint[])
+     AS q(d, m, k, s, t)
 ON CONFLICT (device_id, metric) DO UPDATE
-SET state = excluded.state, last_ts = excluded.last_ts, saved_at = now()
+SET kind = excluded.kind, state = excluded.state, last_ts = excluded.last_ts, saved_at = now()
+"""
+
+ALL_STATES = """
+SELECT device_id, metric, kind, state, (EXTRACT(EPOCH FROM last_ts) * 1000000)::bigint FROM detector_state
 """
 
 
+@dataclass(frozen=True)
+class SavedState:
+    device_id: str
+    metric: str
+    kind: str
+    state: bytes
+    last_ts_us: int
+
+
 async def save_states(
-    conn: psycopg.AsyncConnection[object], keys: list[tuple[str, str]], states: list[bytes], last_ts: list[int]
+    conn: psycopg.AsyncConnection[object],
+    keys: list[tuple[str, str]],
+    kinds: list[str],
+    states: list[bytes],
+    last_ts: list[int],
 ) -> None:
     """Upsert detector state per series (on any connection: see StreamService.save_states)."""
     if keys:
         await conn.execute(
             SAVE_STATES,
-            {"dev": [k[0] for k in keys], "met": [k[1] for k in keys], "state": states, "ts": last_ts},
+            {
+                "dev": [k[0] for k in keys],
+                "met": [k[1] for k in keys],
+                "kind": kinds,
+                "state": states,
+                "ts": last_ts,
+            },
         )
+
+
+async def all_states(conn: psycopg.AsyncConnection[object]) -> list[SavedState]:
+    """Every saved detector state (a consumer picks those of the partitions it was given)."""
+    cur = await conn.execute(ALL_STATES)
+    return [SavedState(r[0], r[1], r[2], bytes(r[3]), int(r[4])) for r in await cur.fetchall()]  # type: ignore[index]
+
+
+async def history(
+    conn: psycopg.AsyncConnection[object],
+    keys: list[tuple[str, str]],
+    before_us: list[int],
+    after_us: list[int],
+    *,
+    limit: int,
+) -> tuple[list[int], list[int], list[float]]:
+    """The latest ``limit`` stored readings of each series strictly between its times in
+    ``after_us`` and ``before_us``: (key index, ts_us, value), each series in time order."""
+    if not keys:
+        return [], [], []
+    cur = await conn.execute(
+        HISTORY,
+        {
+            "idx": list(range(len(keys))),
+            "dev": [k[0] for k in keys],
+            "met": [k[1] for k in keys],
+            "before": before_us,
+            "after": after_us,
+            "lim": limit,
+        },
+    )
+    rows = await cur.fetchall()
+    return (
+        [int(r[0]) for r in rows],  # type: ignore[index]
+        [int(r[1]) for r in rows],  # type: ignore[index]
+        [float(r[2]) for r in rows],  # type: ignore[index]
+    )
 
 
 @dataclass
@@ -193,31 +254,9 @@ class ReadingStore(AsyncService):
     async def history(
         self, keys: list[tuple[str, str]], before_us: list[int], after_us: list[int], *, limit: int
     ) -> tuple[list[int], list[int], list[float]]:
-        """The latest ``limit`` stored readings of each series strictly between its times in
-        ``after_us`` and ``before_us``.
-
-        Returns (key index, ts_us, value), each series in time order: what a detector that
-        starts cold replays to pick up where the previous process left off.
-        """
-        if not keys:
-            return [], [], []
-        cur = await self.conn.execute(
-            HISTORY,
-            {
-                "idx": list(range(len(keys))),
-                "dev": [k[0] for k in keys],
-                "met": [k[1] for k in keys],
-                "before": before_us,
-                "after": after_us,
-                "lim": limit,
-            },
-        )
-        rows = await cur.fetchall()
-        return (
-            [int(r[0]) for r in rows],  # type: ignore[index]
-            [int(r[1]) for r in rows],  # type: ignore[index]
-            [float(r[2]) for r in rows],  # type: ignore[index]
-        )
+        """``history`` on the writer's connection: what a detector that starts cold replays to
+        pick up where the previous process left off."""
+        return await history(self.conn, keys, before_us, after_us, limit=limit)
 
     async def load_states(self, keys: list[tuple[str, str]]) -> dict[int, tuple[bytes, int]]:
         """Saved detector state per key index: (state, ts of the last reading it folded in)."""

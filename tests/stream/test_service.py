@@ -339,3 +339,30 @@ async def test_a_series_silent_for_longer_than_the_age_cap_starts_cold(
     second = await _run_service(settings, database, 80)
     assert second.detector.state[second.series.id("dev-7", "pressure_kpa"), 0] == 20  # only today's readings
     assert not await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=1, timeout=3)
+
+
+async def test_a_device_that_fell_silent_while_no_consumer_ran_is_noticed(
+    stack: Stack, topics: Topics, database: str, uid: str
+) -> None:
+    """The stream stops; the device stops too. A new stream process adopts the saved state of
+    its partitions at assignment, so it knows the device and raises one staleness alert
+    without waiting for a reading that will not come."""
+    settings = StreamSettings(
+        topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1, stale_check_s=1
+    )
+    await _publish(stack, topics, [_noisy("dev-8", i) for i in range(40)])
+    await _run_service(settings, database, 40)
+
+    clock = ManualClock(T0 + 40_000_000)
+    async with StreamService(settings, clock=clock) as service, asyncio.TaskGroup() as tasks:
+        runner = tasks.create_task(service.run())
+        await eventually(lambda: _true(service.series.find("dev-8", "pressure_kpa") is not None), timeout=30)
+        sid = service.series.id("dev-8", "pressure_kpa")
+        assert service.detector.state[sid, 0] == 40  # restored as it was saved, nothing replayed twice
+        clock.now_us += 120_000_000  # two minutes of silence on the clock: nothing to catch up
+        alerts = [
+            contracts.decode_alert(v)
+            for v in await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=1, timeout=15)
+        ]
+        runner.cancel()
+    assert [(a.device_id, a.detector) for a in alerts] == [("dev-8", "staleness")]
