@@ -268,6 +268,22 @@ def _alpha(dt: float, window: float, window_s: float) -> float:
     return 2.0 / (window + 1.0)
 
 
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _likelihood(
+    z: float, cap: float, short: float, window: float, es: float, me: float, ve: float, n: float
+) -> tuple[float, float, float, float]:
+    """One reading of a likelihood channel: (log10 p, short mean, long mean, long variance).
+    ``n`` is how many readings the channel has seen."""
+    e = min(z, cap) / cap
+    es = e if n == 0.0 else es + (e - es) / short
+    lp = _log10_upper((es - me) / max(math.sqrt(ve), 1e-3)) if n >= 1.0 else 0.0
+    a = max(2.0 / (window + 1.0), 1.0 / (n + 1.0))
+    d = es - me
+    me += a * d
+    ve = (1.0 - a) * (ve + a * d * d)
+    return lp, es, me, ve
+
+
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
 def detect_kernel(
     series: I64,
@@ -455,29 +471,18 @@ def detect_kernel(
         if use_lik and warm:
             # Anomaly likelihood: the capped error, averaged over a few readings, against the
             # long-run distribution of that average (one-sided: only more error is anomalous).
-            a_l = max(_alpha(dt, table[p, P_LIKELIHOOD_WINDOW], 0.0), 1.0 / (ne + 1.0))
+            window = table[p, P_LIKELIHOOD_WINDOW]
             if use_ewma:
-                cap = table[p, P_EWMA_CAP]
-                e = min(z_ewma, cap) / cap
-                es_e = e if ne == 0.0 else es_e + (e - es_e) / table[p, P_EWMA_SHORT]
-                if ne >= 1.0:
-                    lp_ewma = _log10_upper((es_e - me_e) / max(math.sqrt(ve_e), 1e-3))
-                d = es_e - me_e
-                me_e += a_l * d
-                ve_e = (1.0 - a_l) * (ve_e + a_l * d * d)
+                lp_ewma, es_e, me_e, ve_e = _likelihood(
+                    z_ewma, table[p, P_EWMA_CAP], table[p, P_EWMA_SHORT], window, es_e, me_e, ve_e, ne
+                )
                 ne += 1.0
             if use_tod:
                 # Until its bin has learnt, the channel sees no error: it still learns its own
                 # distribution, so it is calibrated when the bins are.
-                cap = table[p, P_TOD_CAP]
-                e = min(z_tod, cap) / cap
-                es_t = e if nt == 0.0 else es_t + (e - es_t) / table[p, P_TOD_SHORT]
-                if nt >= 1.0:
-                    lp_tod = _log10_upper((es_t - me_t) / max(math.sqrt(ve_t), 1e-3))
-                a_t = max(_alpha(dt, table[p, P_LIKELIHOOD_WINDOW], 0.0), 1.0 / (nt + 1.0))
-                d = es_t - me_t
-                me_t += a_t * d
-                ve_t = (1.0 - a_t) * (ve_t + a_t * d * d)
+                lp_tod, es_t, me_t, ve_t = _likelihood(
+                    z_tod, table[p, P_TOD_CAP], table[p, P_TOD_SHORT], window, es_t, me_t, ve_t, nt
+                )
                 nt += 1.0
                 looked += 1
 
