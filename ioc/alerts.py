@@ -1,15 +1,16 @@
-"""The alert feed: alerts topic -> ``alerts`` table -> WebSocket hub.
+"""The alert feed: alerts topic -> ``alerts`` table -> incidents (``ioc.incidents``) -> live events.
 
-Delivery: offsets are committed after the alerts are stored. A replay re-reads alerts that
-are already stored; ``alert_id`` deduplicates them, and only newly stored alerts are pushed,
-so a wall screen sees each alert once per IOC process.
+Delivery: offsets are committed after the alerts are stored and placed. A replay re-reads
+alerts that are already stored; ``alert_id`` deduplicates them, and only newly stored alerts are
+placed and published. A crash between storing and placing leaves those alerts stored without an
+incident (logged at the next start); nothing is paged twice.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer
@@ -21,8 +22,10 @@ from cityops.contracts import Alert, decode_alert, now_us, to_datetime
 from cityops.kafka import make_consumer
 from cityops.lifecycle import AsyncService
 from ioc import metrics
-from ioc.hub import Hub
 from ioc.settings import IocSettings
+
+if TYPE_CHECKING:
+    from ioc.incidents import Desk
 
 _log = log.get("ioc.alerts")
 
@@ -35,7 +38,7 @@ RETURNING alert_id
 """
 
 
-def alert_event(alert: Alert) -> dict[str, Any]:
+def alert_json(alert: Alert) -> dict[str, Any]:
     # JSON has no NaN or infinity: a detector without a baseline sends null.
     body = {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in msgspec.to_builtins(alert).items()
@@ -44,16 +47,16 @@ def alert_event(alert: Alert) -> dict[str, Any]:
     if nonfinite:
         _log.warning("alert with non-finite fields", alert_id=alert.alert_id, fields=nonfinite)
     body["ts"] = to_datetime(alert.ts_us).isoformat()
-    return {"type": "alert", "alert": body}
+    return body
 
 
 class AlertFeed(AsyncService):
     def __init__(
-        self, settings: IocSettings, pool: AsyncConnectionPool, hub: Hub, *, clock: Callable[[], int] = now_us
+        self, settings: IocSettings, pool: AsyncConnectionPool, desk: Desk, *, clock: Callable[[], int] = now_us
     ) -> None:
         self.settings = settings
         self._pool = pool
-        self._hub = hub
+        self._desk = desk
         self._clock = clock
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -84,11 +87,11 @@ class AlertFeed(AsyncService):
                         metrics.ERRORS.labels("decode").inc()
                         _log.error("undecodable alert skipped", offset=rec.offset, error=str(exc))
             metrics.ALERTS_IN.inc(len(alerts))
-            new = await self._store(alerts)
-            # Push before committing the offset: a crash in between replays alerts that are
-            # already stored, and only newly stored ones are pushed, so nothing shows twice.
+            new = await store(self._pool, alerts)
+            # Place and publish before committing the offset: a crash in between replays alerts that
+            # are already stored, and only newly stored ones are placed, so nothing pages twice.
+            await self._desk.ingest(new)
             for alert in new:
-                self._hub.publish(alert_event(alert))
                 metrics.LATENCY.observe(max(0.0, (self._clock() - alert.ts_us) / 1e6))
             try:
                 await self._consumer.commit()
@@ -101,44 +104,45 @@ class AlertFeed(AsyncService):
                 if hw is not None and records:
                     metrics.LAG.labels(str(tp.partition)).set(max(0, hw - records[-1].offset - 1))
 
-    async def _store(self, alerts: list[Alert]) -> list[Alert]:
-        """Insert in one round trip; returns the alerts that were new, in input order."""
-        if not alerts:
-            return []
-        params = [
-            (
-                a.alert_id,
-                to_datetime(a.ts_us),
-                a.device_id,
-                a.kind,
-                a.metric,
-                a.value,
-                a.score,
-                a.detector,
-                a.baseline,
-                a.spread,
-                a.window,
-                a.seq,
-                to_datetime(a.gateway_us),
-                to_datetime(a.emitted_us),
-                a.detectors,
-                a.explanation,
-            )
-            for a in alerts
-        ]
-        new_ids: set[str] = set()
-        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await cur.executemany(INSERT, params, returning=True)
-            while True:
-                row = await cur.fetchone()
-                if row is not None:
-                    new_ids.add(str(row[0]))
-                if not cur.nextset():
-                    break
-        new: list[Alert] = []
-        for a in alerts:
-            if a.alert_id in new_ids:
-                new.append(a)
-                new_ids.discard(a.alert_id)  # the same alert twice in one batch is pushed once
-        metrics.ALERTS_NEW.inc(len(new))
-        return new
+
+async def store(pool: AsyncConnectionPool, alerts: list[Alert]) -> list[Alert]:
+    """Insert in one round trip; returns the alerts that were new, in input order."""
+    if not alerts:
+        return []
+    params = [
+        (
+            a.alert_id,
+            to_datetime(a.ts_us),
+            a.device_id,
+            a.kind,
+            a.metric,
+            a.value,
+            a.score,
+            a.detector,
+            a.baseline,
+            a.spread,
+            a.window,
+            a.seq,
+            to_datetime(a.gateway_us),
+            to_datetime(a.emitted_us),
+            a.detectors,
+            a.explanation,
+        )
+        for a in alerts
+    ]
+    new_ids: set[str] = set()
+    async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        await cur.executemany(INSERT, params, returning=True)
+        while True:
+            row = await cur.fetchone()
+            if row is not None:
+                new_ids.add(str(row[0]))
+            if not cur.nextset():
+                break
+    new: list[Alert] = []
+    for a in alerts:
+        if a.alert_id in new_ids:
+            new.append(a)
+            new_ids.discard(a.alert_id)  # the same alert twice in one batch is pushed once
+    metrics.ALERTS_NEW.inc(len(new))
+    return new

@@ -1,19 +1,25 @@
-"""Fan-out of live events to WebSocket clients, each with its own bounded queue."""
+"""Fan-out of live events to WebSocket clients, each with its own bounded queue.
+
+Events arrive numbered (their ``ioc_events`` id) and tagged with a channel: ``wall``,
+``supervisor`` or ``crew:<crew id>``. A client gets the channels it subscribed to. One that
+falls ``queue_size`` events behind gets a final RESYNC notice and is dropped, so a slow
+client never holds up the others or the publisher.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
 from ioc import metrics
 
-RESYNC = {"type": "resync", "reason": "client fell too far behind; reload the snapshot"}
+RESYNC = {"type": "resync", "reason": "client fell too far behind; reconnect with your last event id"}
 
 
 @dataclass(eq=False)
 class Subscriber:
+    channels: frozenset[str]
     # One slot more than the limit, kept for the RESYNC notice that ends an overflowed stream.
     queue: asyncio.Queue[dict[str, Any]]
     limit: int
@@ -24,10 +30,9 @@ class Hub:
     def __init__(self, queue_size: int) -> None:
         self._queue_size = queue_size
         self._subscribers: set[Subscriber] = set()
-        self._ids = itertools.count(1)
 
-    def subscribe(self) -> Subscriber:
-        sub = Subscriber(asyncio.Queue(self._queue_size + 1), self._queue_size)
+    def subscribe(self, channels: set[str] | frozenset[str]) -> Subscriber:
+        sub = Subscriber(frozenset(channels), asyncio.Queue(self._queue_size + 1), self._queue_size)
         self._subscribers.add(sub)
         metrics.WS_CLIENTS.set(len(self._subscribers))
         return sub
@@ -36,10 +41,11 @@ class Hub:
         self._subscribers.discard(sub)
         metrics.WS_CLIENTS.set(len(self._subscribers))
 
-    def publish(self, event: dict[str, Any]) -> int:
-        """Queue ``event`` (given an ``id``) for every subscriber; never blocks."""
-        event = {"id": next(self._ids), **event}
+    def publish(self, channel: str, event: dict[str, Any]) -> None:
+        """Queue ``event`` (which carries its ``id``) for every subscriber of ``channel``; never blocks."""
         for sub in list(self._subscribers):
+            if channel not in sub.channels:
+                continue
             if sub.queue.qsize() < sub.limit:
                 sub.queue.put_nowait(event)
             else:
@@ -47,7 +53,6 @@ class Hub:
                 sub.queue.put_nowait(RESYNC)
                 self.unsubscribe(sub)
                 metrics.WS_DROPPED.inc()
-        return int(event["id"])
 
     def __len__(self) -> int:
         return len(self._subscribers)

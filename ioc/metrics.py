@@ -14,3 +14,12 @@ LATENCY = Histogram(
     "Device timestamp of the anomalous reading to WebSocket push",
     buckets=LATENCY_BUCKETS,
 )
+INCIDENTS_OPENED = Counter("cityops_ioc_incidents_opened_total", "Incidents opened", ["type"])
+TRANSITIONS = Counter("cityops_ioc_incident_transitions_total", "Incident state changes", ["to"])
+SLA_BREACHES = Counter("cityops_ioc_sla_breaches_total", "Escalation deadlines missed", ["deadline"])
+OPEN_INCIDENTS = Gauge("cityops_ioc_open_incidents", "Open incidents", ["severity", "district", "type"])
+KPI_SECONDS = Gauge(
+    "cityops_ioc_kpi_seconds",
+    "Mean time from detection to each milestone over the KPI window (default today)",
+    ["milestone", "district", "type"],
+)

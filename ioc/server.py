@@ -8,19 +8,22 @@ import uvicorn
 
 from cityops.lifecycle import AsyncService
 from ioc.app import create_app
+from ioc.clock import Clock, utcnow
 from ioc.errors import IocError
 from ioc.settings import IocSettings
 
 
 class ApiServer(AsyncService):
-    def __init__(self, settings: IocSettings) -> None:
+    def __init__(self, settings: IocSettings, *, clock: Clock = utcnow, feed: bool = True) -> None:
         self.settings = settings
+        self._clock = clock
+        self._feed = feed
         self.port = settings.port
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.app = create_app(self.settings)
+        self.app = create_app(self.settings, clock=self._clock, feed=self._feed)
         config = uvicorn.Config(
             self.app,
             host=self.settings.host,
@@ -40,14 +43,14 @@ class ApiServer(AsyncService):
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
 
     async def wait(self) -> None:
-        """Serve until stopped; raises IocError if the alert feed fails (after stopping the server)."""
+        """Serve until stopped; raises IocError if the alert feed or the timers fail (after stopping the server)."""
         assert self._task is not None and self._server is not None
-        feed: asyncio.Task[None] = self.app.state.feed
-        await asyncio.wait({self._task, feed}, return_when=asyncio.FIRST_COMPLETED)
-        if feed.done() and not feed.cancelled() and feed.exception() is not None:
-            error = feed.exception()
+        runner: asyncio.Task[None] = self.app.state.runner
+        await asyncio.wait({self._task, runner}, return_when=asyncio.FIRST_COMPLETED)
+        if runner.done() and not runner.cancelled() and runner.exception() is not None:
+            error = runner.exception()
             await self.stop()
-            raise IocError(f"alert feed failed: {error!r}") from error
+            raise IocError(f"operations centre failed: {error!r}") from error
         await self._task
 
     async def stop(self) -> None:

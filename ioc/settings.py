@@ -1,8 +1,20 @@
 from __future__ import annotations
 
+import enum
+from pathlib import Path
+
+from pydantic import SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from cityops.settings import API_PORT, CommonSettings
+
+
+class Environment(enum.StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+DEMO_FILE = Path(__file__).with_name("demo.toml")
 
 
 class IocSettings(CommonSettings):
@@ -20,3 +32,58 @@ class IocSettings(CommonSettings):
     # a slow wall screen must not hold up the others.
     ws_queue_size: int = 1_000
     max_page: int = 10_000
+
+    # Outside development there are no usable secret defaults: the service refuses to start
+    # without CITYOPS_API_JWT_SECRET, and no demo accounts are created.
+    environment: Environment = Environment.DEVELOPMENT
+    jwt_secret: SecretStr | None = None
+    token_ttl_s: int = 8 * 3600
+    # Development only: users, crews and critical sites of the simulated city (passwords = names).
+    demo_file: Path | None = DEMO_FILE
+
+    # Correlation: an alert joins an open incident of its category when it shares the asset group
+    # (cabinet, feeder, district metered area, district) or lies within ``correlation_radius_m`` of
+    # one of its assets, and the incident saw an alert within ``correlation_window_s``.
+    correlation_radius_m: float = 300.0
+    correlation_window_s: float = 1800.0
+    # Lamps of one cabinet alerting together become one "cabinet power loss" incident.
+    cabinet_outage_lamps: int = 2
+
+    # Escalation, per severity 1..4: seconds to acknowledge and to arrive on site.
+    ack_s: tuple[float, float, float, float] = (3600.0, 1800.0, 900.0, 300.0)
+    arrive_s: tuple[float, float, float, float] = (14400.0, 7200.0, 3600.0, 1800.0)
+    tick_s: float = 1.0
+
+    # Recovery: a resolve is confirmed when every affected series has at least
+    # ``recovery_min_readings`` readings in the last ``recovery_s`` and all lie within its range of
+    # the hour before the incident (widened by ``recovery_margin`` of that range).
+    recovery_s: float = 120.0
+    recovery_min_readings: int = 3
+    recovery_margin: float = 0.1
+    # An incident nobody acknowledged whose sensors recovered resolves by itself.
+    self_clear: bool = True
+
+    # Dispatch: ranking = distance_km + workload_km x active jobs; priority = severity x impact,
+    # impact = affected assets + the weights of critical sites within ``critical_radius_m``.
+    workload_km: float = 2.0
+    critical_radius_m: float = 1000.0
+    city_timezone: str = "Europe/Amsterdam"
+
+    # Public warnings (CAP 1.2): who sends them, and whether they are real ("Actual") or practice
+    # ("Exercise"); development sends "Exercise" unless told otherwise.
+    cap_sender: str = "ioc.cityops.example"
+    cap_status: str | None = None
+    public_url: str | None = None
+
+    # Live-event history kept for WebSocket resume.
+    events_keep_s: float = 86400.0
+
+    @model_validator(mode="after")
+    def _no_default_secrets(self) -> IocSettings:
+        if self.environment is Environment.PRODUCTION and self.jwt_secret is None:
+            raise ValueError("CITYOPS_API_JWT_SECRET must be set when CITYOPS_API_ENVIRONMENT=production")
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError("CITYOPS_API_JWT_SECRET must be at least 32 characters")
+        if len(self.ack_s) != 4 or len(self.arrive_s) != 4:
+            raise ValueError("ack_s and arrive_s need one value per severity 1..4")
+        return self

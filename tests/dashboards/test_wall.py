@@ -12,8 +12,9 @@ from playwright.async_api import Browser, async_playwright
 from cityops import contracts
 from cityops.contracts import Topics
 from cityops.stack import Stack
-from ioc import ApiServer, IocSettings
+from ioc import ApiServer
 from tests.helpers import make_alert, produce
+from tests.ioc.conftest import ioc_settings
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM = os.environ.get("CITYOPS_CHROMIUM", "/usr/bin/chromium")
@@ -40,17 +41,26 @@ async def _alert(stack: Stack, topics: Topics, device: str, clock_offset_s: floa
 async def test_live_alerts_lost_connection_and_catch_up(
     stack: Stack, topics: Topics, database: str, uid: str, browser: Browser
 ) -> None:
-    settings = IocSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"ioc-{uid}", port=0)
+    settings = ioc_settings(topics, database, uid, tick_s=1.0)
     page = await browser.new_page(viewport={"width": 1920, "height": 1080})
     server = ApiServer(settings)
     await server.start()
     settings = settings.model_copy(update={"port": server.port})  # come back on the same port
     try:
         await page.goto(f"{server.url}/")
+        await page.fill("#username", "viewer")
+        await page.fill("#password", "wrong")
+        await page.click("#loginform button")
+        await page.wait_for_selector("text=wrong user name or password", timeout=10_000)
+        await page.fill("#password", "viewer")
+        await page.click("#loginform button")
         await page.wait_for_selector("#state:text('live')", timeout=10_000)
+        assert "viewer (viewer)" in await page.locator("#who").inner_text()
         await _alert(stack, topics, f"live-{uid}", clock_offset_s=120)  # a device clock 2 min fast
         await page.wait_for_selector(f"text=live-{uid}", timeout=10_000)
         assert "expected 420 +- 2.1 kPa by ewma" in await page.locator("#alerts tr").first.inner_text()
+        # The alert opened an incident (an unregistered device: its own), shown in the feed.
+        await page.wait_for_selector(f"#incidents tr:has-text('{f'live-{uid}'}')", timeout=10_000)
 
         await server.stop()  # the IOC goes away: the screen must say so instead of showing stale data
         await page.wait_for_selector("#state.lost", timeout=10_000)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -17,19 +16,17 @@ from cityops.contracts import Alert, Topics
 from cityops.kafka import make_producer
 from cityops.registry import Device
 from cityops.stack import Stack
-from ioc import ApiServer, IocSettings
+from ioc import ApiServer
 from ioc.errors import IocError
 from tests import helpers
 from tests.helpers import eventually
+from tests.ioc.conftest import ioc_settings, token
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-async def api(topics: Topics, database: str, uid: str) -> AsyncIterator[ApiServer]:
-    settings = IocSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"ioc-{uid}", port=0, max_page=500)
-    async with ApiServer(settings) as server:
-        yield server
+async def _viewer(api: ApiServer) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=api.url, headers={"Authorization": f"Bearer {await token(api, 'viewer')}"})
 
 
 def make_alert(device: str, seq: int) -> Alert:
@@ -38,8 +35,8 @@ def make_alert(device: str, seq: int) -> Alert:
 
 async def test_alerts_are_stored_once_and_pushed_once(stack: Stack, topics: Topics, api: ApiServer) -> None:
     alert = make_alert("pipe-9", 3)
-    async with websockets.connect(f"ws://127.0.0.1:{api.port}/ws/alerts") as ws:
-        assert json.loads(await ws.recv())["type"] == "hello"
+    async with websockets.connect(f"ws://127.0.0.1:{api.port}/ws/wall?token={await token(api, 'viewer')}") as ws:
+        assert json.loads(await ws.recv())["type"] == "snapshot"
         producer = make_producer(stack.settings.kafka_bootstrap, client_id="test")
         await producer.start()
         try:
@@ -50,14 +47,15 @@ async def test_alerts_are_stored_once_and_pushed_once(stack: Stack, topics: Topi
             await producer.send_and_wait(topics.alerts, contracts.encode(second), key=b"pipe-9")
         finally:
             await producer.stop()
-        pushed = [json.loads(await asyncio.wait_for(ws.recv(), 20)) for _ in range(2)]
+        pushed = [json.loads(await asyncio.wait_for(ws.recv(), 20)) for _ in range(4)]
+        pushed = [p for p in pushed if p["type"] == "alert"]  # each alert comes with its incident
         assert [p["alert"]["alert_id"] for p in pushed] == [alert.alert_id, second.alert_id]
         assert pushed[0]["alert"]["ts"] == T0.replace(second=3).isoformat()
         assert pushed[1]["id"] > pushed[0]["id"]
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(ws.recv(), 1.0)  # the duplicate was not pushed
 
-    async with httpx.AsyncClient(base_url=api.url) as http:
+    async with await _viewer(api) as http:
         body = (await http.get("/alerts")).json()
         assert [a["alert_id"] for a in body] == [second.alert_id, alert.alert_id]  # newest first
         assert body[0]["value"] == 510.0 and body[0]["window_size"] == 60 and body[0]["detectors"] == ["ewma", "robust"]
@@ -76,7 +74,7 @@ async def test_devices_and_readings(api: ApiServer, database: str, fleet: list[D
                 "INSERT INTO readings (ts, device_id, metric, value, seq, gateway_at) VALUES (%s, %s, %s, %s, %s, %s)",
                 (ts, pipe.device_id, "pressure_kpa", 400.0 + i, i, ts),
             )
-    async with httpx.AsyncClient(base_url=api.url) as http:
+    async with await _viewer(api) as http:
         devices = (await http.get("/devices")).json()
         assert {d["device_id"] for d in devices} == {d.device_id for d in fleet}
         got = next(d for d in devices if d["device_id"] == pipe.device_id)
@@ -139,7 +137,7 @@ async def test_devices_and_readings(api: ApiServer, database: str, fleet: list[D
 async def test_bad_requests_get_4xx_with_a_message(
     api: ApiServer, path: str, params: dict[str, object], status: int, detail: str
 ) -> None:
-    async with httpx.AsyncClient(base_url=api.url) as http:
+    async with await _viewer(api) as http:
         resp = await http.get(path, params=params)
     assert resp.status_code == status
     assert detail in json.dumps(resp.json())
@@ -148,16 +146,17 @@ async def test_bad_requests_get_4xx_with_a_message(
 async def test_metrics_and_health(api: ApiServer) -> None:
     async with httpx.AsyncClient(base_url=api.url, follow_redirects=True) as http:
         health = (await http.get("/healthz")).json()
-        assert health["status"] == "ok" and health["feed"] == "running"
+        assert health["status"] == "ok" and health["centre"] == "running"
         text = (await http.get("/metrics")).text
         assert "cityops_ioc_alerts_in_total" in text and "cityops_ioc_latency_seconds_bucket" in text
         page = await http.get("/")
-        assert page.status_code == 200 and "/ws/alerts" in page.text
+        assert page.status_code == 200 and "/ws/wall" in page.text
 
 
 async def test_websocket_clients_that_leave_do_not_linger(api: ApiServer) -> None:
+    viewer = await token(api, "viewer")
     for _ in range(3):
-        async with websockets.connect(f"ws://127.0.0.1:{api.port}/ws/alerts") as ws:
+        async with websockets.connect(f"ws://127.0.0.1:{api.port}/ws/wall?token={viewer}") as ws:
             await ws.recv()
     async with httpx.AsyncClient(base_url=api.url) as http:
         await eventually(lambda: _ws_clients(http, 0), timeout=5)
@@ -171,8 +170,7 @@ async def _ws_clients(http: httpx.AsyncClient, n: int) -> bool:
 async def test_a_failing_alert_feed_is_reported_and_stops_the_server(
     stack: Stack, topics: Topics, database: str, uid: str
 ) -> None:
-    settings = IocSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"ioc-{uid}", port=0)
-    async with ApiServer(settings) as server:
+    async with ApiServer(ioc_settings(topics, database, uid)) as server:
         async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
             await conn.execute("DROP TABLE alerts")  # the feed's next insert fails
         producer = make_producer(stack.settings.kafka_bootstrap, client_id="test")
@@ -184,8 +182,8 @@ async def test_a_failing_alert_feed_is_reported_and_stops_the_server(
         async with httpx.AsyncClient(base_url=server.url) as http:
             await eventually(lambda: _status(http, "/healthz", 503), timeout=20)
             body = (await http.get("/healthz")).json()
-        assert body["status"] == "failing" and "alerts" in body["feed"]
-        with pytest.raises(IocError, match="alert feed failed"):
+        assert body["status"] == "failing" and "alerts" in body["centre"]
+        with pytest.raises(IocError, match="operations centre failed"):
             await asyncio.wait_for(server.wait(), 20)
 
 

@@ -1,0 +1,217 @@
+"""Which incident an alert belongs to: its category, its asset group, and what the incident is.
+
+Pure functions over plain data; ``ioc.incidents`` applies them to the database. An alert joins
+an open incident of the same category when it shares the asset group (a cabinet's lamps, a
+district metered area's pipe nodes, a district's stations), is one of its assets already, or
+lies within the correlation radius of it; and the incident saw an alert within the window.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+
+class Category(enum.StrEnum):
+    """What kind of crew an incident needs: the crews' skills use the same names."""
+
+    ELECTRICAL = "electrical"
+    WATER_MAINS = "water_mains"
+    WATER_QUALITY = "water_quality"
+    ENVIRONMENT = "environment"
+    DRAINAGE = "drainage"
+
+
+# Water quality is sampled and flushed by the water-mains crews.
+SKILL: dict[Category, str] = {
+    Category.ELECTRICAL: "electrical",
+    Category.WATER_MAINS: "water_mains",
+    Category.WATER_QUALITY: "water_mains",
+    Category.ENVIRONMENT: "environment",
+    Category.DRAINAGE: "drainage",
+}
+
+_ENVIRONMENT_METRICS = frozenset(
+    {"pm25_ugm3", "pm10_ugm3", "no2_ugm3", "o3_ugm3", "co_mgm3", "noise_dba", "temperature_c", "humidity_pct"}
+)
+
+# Base severity (1 minor .. 4 extreme) by incident type.
+BASE_SEVERITY: dict[str, int] = {
+    "water_contamination": 4,
+    "pipe_burst": 3,
+    "flooding": 3,
+    "cabinet_power_loss": 2,
+    "water_main_pressure": 2,
+    "air_pollution": 2,
+    "lamp_fault": 1,
+    "noise": 1,
+    "drainage_fault": 1,
+    "device_offline": 1,
+}
+# This many affected assets add one severity step.
+WIDESPREAD = 5
+
+
+def category(device_kind: str, metric: str) -> Category:
+    if device_kind == "env_station" or (metric in _ENVIRONMENT_METRICS and device_kind == "lamp_pole"):
+        return Category.ENVIRONMENT
+    if device_kind == "lamp_pole":
+        return Category.ELECTRICAL
+    if device_kind == "pipe_node":
+        return Category.WATER_MAINS
+    if device_kind == "water_quality":
+        return Category.WATER_QUALITY
+    if device_kind == "drainage":
+        return Category.DRAINAGE
+    return Category.ENVIRONMENT if metric in _ENVIRONMENT_METRICS else Category.ELECTRICAL
+
+
+def group_key(cat: Category, district: str | None, attrs: dict[str, str]) -> str | None:
+    """The asset group whose alerts are one incident (None: location decides alone)."""
+    if cat is Category.ELECTRICAL:
+        return f"cabinet:{attrs['cabinet']}" if "cabinet" in attrs else None
+    if cat is Category.WATER_MAINS:
+        return f"dma:{attrs['dma']}" if "dma" in attrs else None
+    return f"district:{district}" if district else None
+
+
+@dataclass
+class Signal:
+    """One alert as correlation sees it."""
+
+    alert_id: str
+    device_id: str
+    metric: str
+    detector: str
+    value: float
+    baseline: float
+    at: datetime
+    category: Category
+    group: str | None
+    district: str | None
+    lat: float | None
+    lon: float | None
+    explanation: str = ""
+
+
+@dataclass
+class Draft:
+    """An incident as correlation builds it (new, or loaded from the database)."""
+
+    category: Category
+    group: str | None
+    district: str | None
+    detected_at: datetime
+    last_alert_at: datetime
+    incident_id: int | None = None
+    assets: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    series: set[str] = field(default_factory=set)
+    detectors: set[str] = field(default_factory=set)
+    metrics: set[str] = field(default_factory=set)
+    drops: int = 0  # alerts well below their baseline (pressure falling, lamps dark)
+    severity: int = 1
+    explanation: str = ""
+    alert_count: int = 0
+    changed: bool = False
+    taken: list[str] = field(default_factory=list)  # alert ids added in this batch
+
+    @property
+    def centroid(self) -> tuple[float, float] | None:
+        points = [p for p in self.assets.values() if p is not None]
+        if not points:
+            return None
+        return sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points)
+
+    @property
+    def radius_m(self) -> float:
+        c = self.centroid
+        if c is None:
+            return 0.0
+        return max((distance_m(c, p) for p in self.assets.values() if p is not None), default=0.0)
+
+    def matches(self, s: Signal, radius_m: float, window: timedelta) -> bool:
+        if s.category is not self.category or s.at - self.last_alert_at > window:
+            return False
+        if s.device_id in self.assets or (s.group is not None and s.group == self.group):
+            return True
+        c = self.centroid
+        return (
+            c is not None
+            and s.lat is not None
+            and s.lon is not None
+            and (distance_m(c, (s.lat, s.lon)) <= radius_m + self.radius_m)
+        )
+
+    def add(self, s: Signal) -> None:
+        self.assets.setdefault(s.device_id, None if s.lat is None or s.lon is None else (s.lat, s.lon))
+        self.series.add(f"{s.device_id}/{s.metric}")
+        self.detectors.add(s.detector)
+        self.metrics.add(s.metric)
+        if math.isfinite(s.baseline) and s.detector != "staleness" and s.value < s.baseline * 0.8:
+            self.drops += 1
+        self.detected_at = min(self.detected_at, s.at)
+        self.last_alert_at = max(self.last_alert_at, s.at)
+        self.alert_count += 1
+        self.taken.append(s.alert_id)
+        if not self.explanation:
+            self.explanation = f"{s.device_id}: {s.explanation}" if s.explanation else s.device_id
+        # Severity only grows as alerts join; escalation raises it too.
+        self.severity = max(self.severity, severity(self.type, len(self.assets)))
+        self.changed = True
+
+    @property
+    def type(self) -> str:
+        return incident_type(self.category, len(self.assets), self.metrics, self.detectors, self.drops)
+
+    @property
+    def title(self) -> str:
+        where = self.group.split(":", 1)[1] if self.group else (self.district or min(self.assets, default="?"))
+        n = len(self.assets)
+        return f"{self.type.replace('_', ' ').capitalize()} — {where} ({n} asset{'s' if n != 1 else ''})"
+
+
+def incident_type(cat: Category, n_assets: int, metrics: set[str], detectors: set[str], drops: int) -> str:
+    offline = detectors == {"staleness"}
+    if cat is Category.ELECTRICAL:
+        if n_assets >= 2:
+            return "cabinet_power_loss"
+        return "device_offline" if offline else "lamp_fault"
+    if offline:
+        return "device_offline"
+    if cat is Category.WATER_MAINS:
+        return "pipe_burst" if drops > 0 and n_assets >= 2 else "water_main_pressure"
+    if cat is Category.WATER_QUALITY:
+        return "water_contamination"
+    if cat is Category.DRAINAGE:
+        return "flooding" if "level_cm" in metrics and n_assets >= 2 else "drainage_fault"
+    return "noise" if metrics == {"noise_dba"} else "air_pollution"
+
+
+def severity(kind: str, n_assets: int) -> int:
+    return min(4, BASE_SEVERITY.get(kind, 1) + (1 if n_assets >= WIDESPREAD else 0))
+
+
+def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance between (lat, lon) points (the database uses PostGIS; this is for
+    matching alerts in memory within one batch)."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6_371_008.8 * math.asin(math.sqrt(min(1.0, h)))
+
+
+def correlate(signals: list[Signal], open_drafts: list[Draft], *, radius_m: float, window: timedelta) -> list[Draft]:
+    """Assign each signal to the first matching draft (open ones first), else start a new one.
+
+    Returns every draft touched (``changed``), new ones with ``incident_id`` None. Signals are
+    taken in time order, so the result does not depend on how alerts were batched.
+    """
+    drafts = list(open_drafts)
+    for s in sorted(signals, key=lambda s: (s.at, s.alert_id)):
+        target = next((d for d in drafts if d.matches(s, radius_m, window)), None)
+        if target is None:
+            target = Draft(s.category, s.group, s.district, s.at, s.at)
+            drafts.append(target)
+        target.add(s)
+    return [d for d in drafts if d.changed]

@@ -1,0 +1,1 @@
+"""The IOC's HTTP and WebSocket routes, one module per concept."""

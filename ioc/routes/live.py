@@ -1,0 +1,174 @@
+"""Live channels over WebSockets: the wall screen's and each crew's.
+
+Protocol (JSON text frames, server to client):
+
+1. Connect with ``?token=<bearer token>`` (a browser cannot set headers on a WebSocket) and,
+   when reconnecting, ``&last_event_id=<id of the last event you processed>``. A missing or bad
+   token, or a role without access, closes the socket with code 1008 (policy violation).
+2. The server answers with ``{"type": "snapshot", "id": N, ...}`` (the channel's whole state, current
+   to event N) or, on a resume it can serve, ``{"type": "resume", "from": N}`` followed by every
+   event after N that the client missed.
+3. Then events as they happen, each with its ``id``, in order: ``incident``, ``alert``, ``crew``,
+   ``maintenance`` and, for dispatchers, ``escalation`` on the wall channel; ``job`` and
+   ``snapshot`` on a crew's.
+4. A client that falls ``ws_queue_size`` events behind gets ``{"type": "resync"}`` and is closed
+   with 1013 (try again later): it reconnects with its last event id, and misses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from ioc import dispatch, kpis, maintenance, metrics
+from ioc.auth import Permission, Principal
+from ioc.centre import Centre
+from ioc.errors import RequestError
+from ioc.events import SUPERVISOR, WALL, Unit, crew_channel, jsonable
+from ioc.hub import RESYNC, Subscriber
+from ioc.incidents import SELECT_INCIDENT
+from ioc.lifecycle import OPEN
+
+router = APIRouter()
+
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+
+
+async def _authorise(ws: WebSocket, permission: Permission) -> Principal | None:
+    c: Centre = ws.app.state.centre
+    token = ws.query_params.get("token") or ws.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    await ws.accept()
+    reason = "missing token: connect with ?token=<bearer token>"
+    if token:
+        try:
+            who = c.tokens.check(token)
+            if who.can(permission):
+                return who
+            reason = f"a {who.role.value} may not open this channel"
+        except RequestError as exc:
+            reason = exc.message
+    await ws.close(code=POLICY_VIOLATION, reason=reason[:120])
+    return None
+
+
+def _last_event_id(ws: WebSocket) -> int | None:
+    raw = ws.query_params.get("last_event_id")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        return -1  # unreadable: treated as "too old", so the client gets a snapshot
+    return value if value >= 0 else -1
+
+
+async def wall_snapshot(c: Centre, unit: Unit) -> dict[str, Any]:
+    incidents = await unit.rows(
+        SELECT_INCIDENT + " WHERE i.state = ANY(%s) OR i.updated_at >= %s ORDER BY i.priority DESC",
+        ([s.value for s in OPEN], unit.now.replace(hour=0, minute=0, second=0, microsecond=0)),
+    )
+    alerts = await unit.rows(
+        "SELECT alert_id, ts, device_id, kind, metric, value, score, detector, baseline, spread, window_size, "
+        "detectors, explanation, incident_id, maintenance_id FROM alerts ORDER BY ts DESC LIMIT 500"
+    )
+    return {
+        "type": "snapshot",
+        "incidents": incidents,
+        "alerts": alerts,
+        "crews": await dispatch.crews(unit, c.settings),
+        "maintenance": await maintenance.current(unit),
+        "kpis": await kpis.compute(unit, c.settings),
+    }
+
+
+async def crew_snapshot(c: Centre, unit: Unit, crew_id: str) -> dict[str, Any]:
+    jobs = await unit.rows(
+        SELECT_INCIDENT + " WHERE i.crew_id = %s AND i.state IN ('dispatched', 'en_route', 'on_site') "
+        "ORDER BY i.state = 'dispatched', i.dispatched_at",
+        (crew_id,),
+    )
+    crew = await dispatch.crews(unit, c.settings, crew_id)
+    return {"type": "snapshot", "crew": crew[0] if crew else None, "jobs": jobs}
+
+
+async def _serve(ws: WebSocket, channels: set[str], snapshot: Any) -> None:
+    """Subscribe, send a snapshot or the missed events, then live events until the client leaves."""
+    c: Centre = ws.app.state.centre
+    sub = c.hub.subscribe(channels)
+    try:
+        after = _last_event_id(ws)
+        # Under the write lock nothing commits meanwhile: every later event is in our queue.
+        async with c.events.unit() as unit:
+            missed = None if after is None else await c.events.since(unit, sorted(channels), after)
+            if missed is None:
+                current = await c.events.last_id(unit)
+                first: list[dict[str, Any]] = [{**jsonable(await snapshot(unit)), "id": current}]
+            else:
+                current = max([after, *(e["id"] for e in missed)])
+                first = [{"type": "resume", "from": after}, *missed]
+        for event in first:
+            await ws.send_json(event)
+        await _pump(ws, sub, current)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        c.hub.unsubscribe(sub)
+
+
+async def _pump(ws: WebSocket, sub: Subscriber, sent: int) -> None:
+    """Send queued events newer than ``sent`` until the client leaves or must resync.
+
+    The receive side runs alongside: without it a client that went away unnoticed would hold
+    its handler (and server shutdown) until the next event.
+    """
+
+    async def send() -> None:
+        while True:
+            event = await sub.queue.get()
+            if event is RESYNC:
+                await ws.send_json(event)
+                await ws.close(code=TRY_AGAIN_LATER)
+                return
+            if event["id"] <= sent:
+                continue
+            await ws.send_json(event)
+            metrics.WS_SENT.inc()
+
+    async def receive() -> None:
+        while (await ws.receive())["type"] != "websocket.disconnect":
+            pass
+
+    tasks = [asyncio.create_task(send()), asyncio.create_task(receive())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@router.websocket("/ws/wall")
+async def wall(ws: WebSocket) -> None:
+    """The wall screen: open incidents, alerts, crews, maintenance windows and KPIs, then deltas."""
+    who = await _authorise(ws, Permission.READ)
+    if who is None:
+        return
+    c: Centre = ws.app.state.centre
+    channels = {WALL} | ({SUPERVISOR} if who.can(Permission.DISPATCH) else set())
+    await _serve(ws, channels, lambda unit: wall_snapshot(c, unit))
+
+
+@router.websocket("/ws/crew")
+async def crew(ws: WebSocket) -> None:
+    """A crew's phone: its jobs, then every dispatch to it and every change to its jobs."""
+    who = await _authorise(ws, Permission.CREW)
+    if who is None or who.crew_id is None:
+        return
+    c: Centre = ws.app.state.centre
+    crew_id = who.crew_id
+    await _serve(ws, {crew_channel(crew_id)}, lambda unit: crew_snapshot(c, unit, crew_id))
