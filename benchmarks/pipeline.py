@@ -100,7 +100,7 @@ async def run_variant(stack: Stack, linger_ms: int, args: argparse.Namespace) ->
         ):
             services = [tasks.create_task(stream.run()), tasks.create_task(gateway.run())]
             arrivals: dict[tuple[str, str, int], tuple[float, dict[str, Any]]] = {}
-            async with websockets.connect(f"ws://127.0.0.1:{api.port}/ws/alerts") as ws:
+            async with websockets.connect(f"ws://127.0.0.1:{api.port}/ws/wall?token={api.token()}") as ws:
                 await ws.recv()
 
                 async def listen() -> None:

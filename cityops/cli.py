@@ -100,6 +100,47 @@ def api() -> None:
     serve(main)
 
 
+users_app = typer.Typer(no_args_is_help=True, help="IOC users (roles: viewer, operator, dispatcher, crew, admin).")
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def users_add(
+    username: str,
+    role: str = typer.Option(..., help="viewer, operator, dispatcher, crew or admin"),
+    crew: str | None = typer.Option(None, help="The crew a crew member belongs to."),
+    replace: bool = typer.Option(False, help="Change an existing user's password and role."),
+) -> None:
+    """Add an IOC user; the password is asked for (or read from CITYOPS_USER_PASSWORD)."""
+    import asyncio
+    import os
+
+    import psycopg
+
+    from cityops import schema
+    from ioc import IocSettings, db
+    from ioc.auth import Role, add_user
+    from ioc.errors import RequestError
+
+    settings = IocSettings()
+    password = os.environ.get("CITYOPS_USER_PASSWORD") or typer.prompt(
+        "password", hide_input=True, confirmation_prompt=True
+    )
+
+    async def main() -> None:
+        async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
+            await schema.apply(conn, mode=settings.storage_mode)
+            await db.apply(conn)
+            await add_user(conn, username, password, Role(role), crew, replace=replace)
+
+    try:
+        asyncio.run(main())
+    except (RequestError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"user {username} ({role}) saved")
+
+
 @app.command()
 def sim(
     scenario: Path | None = typer.Option(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import websockets
 from rich.console import Console
@@ -78,7 +79,8 @@ def run_city(*, scenario: Path | None, console: Console) -> None:
             Panel.fit(
                 f"wall screen   {api_url}/\n"
                 f"API docs      {api_url}/docs\n"
-                f"alerts (WS)   ws://127.0.0.1:{API_PORT}/ws/alerts\n"
+                f"wall (WS)     ws://127.0.0.1:{API_PORT}/ws/wall?token=...\n"
+                "log in as     viewer, operator, dispatcher, admin or crew-w1 (development: password = name)\n"
                 f"metrics       {api_url}/metrics  http://127.0.0.1:{GATEWAY_METRICS_PORT}/metrics  "
                 f"http://127.0.0.1:{STREAM_METRICS_PORT}/metrics\n"
                 f"logs          {log_dir}/\n"
@@ -89,7 +91,7 @@ def run_city(*, scenario: Path | None, console: Console) -> None:
             )
         )
         try:
-            asyncio.run(_watch(children, f"ws://127.0.0.1:{API_PORT}/ws/alerts", console))
+            asyncio.run(_watch(children, api_url, console))
         except KeyboardInterrupt:
             pass
     finally:
@@ -118,8 +120,20 @@ def _wait_http(url: str, child: Child, timeout: float) -> None:
     raise SystemExit(f"{child.name} did not answer {url} within {timeout:.0f} s; see {child.log}")
 
 
-async def _watch(children: list[Child], ws_url: str, console: Console) -> None:
-    """Print alerts as they arrive; restart a service that dies (give up after repeated crashes)."""
+def _login(api_url: str, user: str) -> str:
+    """A development demo user's token (the password is the user name)."""
+    import urllib.parse
+    import urllib.request
+
+    form = urllib.parse.urlencode({"username": user, "password": user}).encode()
+    with urllib.request.urlopen(f"{api_url}/token", data=form, timeout=5) as resp:
+        return str(json.loads(resp.read())["access_token"])
+
+
+async def _watch(children: list[Child], api_url: str, console: Console) -> None:
+    """Print incidents as they form and change; restart a service that dies (give up after repeated crashes)."""
+    ws_base = api_url.replace("http://", "ws://")
+    last: int | None = None
     restarts: dict[str, list[float]] = {c.name: [] for c in children}
     while True:
         for child in children:
@@ -137,18 +151,32 @@ async def _watch(children: list[Child], ws_url: str, console: Console) -> None:
             restarts[child.name] = recent
             child.start()
         try:
-            async with websockets.connect(ws_url) as ws:
+            token = await asyncio.to_thread(_login, api_url, "dispatcher")
+            resume = "" if last is None else f"&last_event_id={last}"
+            async with websockets.connect(f"{ws_base}/ws/wall?token={token}{resume}") as ws:
                 while all(c.alive() for c in children):
                     try:
                         raw = await asyncio.wait_for(ws.recv(), timeout=1.0)
                     except TimeoutError:
                         continue
                     msg = json.loads(raw)
-                    if msg.get("type") == "alert":
-                        a = msg["alert"]
-                        console.print(
-                            f"[yellow]alert[/yellow] {a['ts'][11:19]} {a['device_id']:<10} {a['metric']:<16} "
-                            f"value {a['value']:.2f} (baseline {a['baseline']:.2f}, score {a['score']:.1f})"
-                        )
+                    last = msg.get("id", last)
+                    _show(msg, console)
         except (OSError, websockets.ConnectionClosed):
             await asyncio.sleep(1.0)
+
+
+def _show(msg: dict[str, Any], console: Console) -> None:
+    kind = msg.get("type")
+    if kind == "incident":
+        i = msg["incident"]
+        crew = f" crew {i['crew_id']}" if i.get("crew_id") else ""
+        console.print(
+            f"[yellow]incident #{i['incident_id']}[/yellow] {i['state']:<12} severity {i['severity']} "
+            f"{i['title']}{crew} ({i['alert_count']} alerts)"
+        )
+    elif kind == "escalation":
+        i = msg["incident"]
+        console.print(f"[red]escalation[/red] incident #{i['incident_id']}: {msg['note']}")
+    elif kind == "snapshot":
+        console.print(f"[green]connected[/green]: {len(msg['incidents'])} incidents today, {len(msg['crews'])} crews")

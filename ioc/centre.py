@@ -18,7 +18,7 @@ from cityops.contracts import Alert
 from cityops.lifecycle import AsyncService
 from ioc import db, kpis, maintenance
 from ioc.alerts import AlertFeed, store
-from ioc.auth import Role, Tokens, add_user, signing_secret
+from ioc.auth import Tokens, hash_password, signing_secret
 from ioc.clock import Clock, utcnow
 from ioc.events import EventLog
 from ioc.hub import Hub
@@ -119,14 +119,16 @@ class Centre(AsyncService):
         """Demo users, crews and critical sites (development only); idempotent."""
         async with self.pool.connection() as conn, conn.transaction():
             for u in demo.get("users", []):
-                await add_user(
-                    conn,
-                    u["username"],
-                    u.get("password", u["username"]),
-                    Role(u["role"]),
-                    u.get("crew_id"),
-                    replace=True,
-                    check_strength=False,
+                # Existing users keep whatever password they were given since.
+                await conn.execute(
+                    "INSERT INTO users (username, password_hash, role, crew_id) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (username) DO NOTHING",
+                    (
+                        u["username"],
+                        u.get("password_hash") or hash_password(u["username"]),
+                        u["role"],
+                        u.get("crew_id"),
+                    ),
                 )
             for c in demo.get("crews", []):
                 await conn.execute(

@@ -18,7 +18,7 @@ CREW_COLUMNS = """
     c.crew_id, c.name, c.skills, c.shift_start, c.shift_end, ST_Y(c.geom::geometry) AS lat,
     ST_X(c.geom::geometry) AS lon, c.located_at,
     ARRAY(SELECT i.incident_id FROM incidents i WHERE i.crew_id = c.crew_id
-          AND i.state IN ('dispatched', 'en_route', 'on_site') ORDER BY i.dispatched_at) AS jobs,
+          AND i.state IN ('dispatched', 'en_route', 'on_site') ORDER BY i.dispatched_at, i.incident_id) AS jobs,
     (CASE WHEN c.shift_start = c.shift_end THEN true
           WHEN c.shift_start < c.shift_end THEN %(t)s::time >= c.shift_start AND %(t)s::time < c.shift_end
           ELSE %(t)s::time >= c.shift_start OR %(t)s::time < c.shift_end END) AS on_shift

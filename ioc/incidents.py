@@ -305,7 +305,10 @@ class Desk:
                 raise NotFound(f"no job {incident_id} for crew {who.crew_id}")
             current = State(incident["state"])
             check(current, target)
-            return await self._move(unit, who, incident, target, note=note, crew_id=crew_id, override=override)
+            moved = await self._move(unit, who, incident, target, note=note, crew_id=crew_id, override=override)
+        if "_recovery" in moved:
+            raise ResolvePending(moved.pop("_recovery"), moved)
+        return moved
 
     async def _move(
         self,
@@ -324,7 +327,7 @@ class Desk:
         sets: dict[str, Any] = {"state": target.value, "now": unit.now}
         assignments = ["state = %(state)s", "updated_at = %(now)s", "version = version + 1", "resolve_pending = false"]
         stamp = _STAMP.get(target)
-        if stamp:
+        if stamp and target is not State.DISPATCHED:  # a re-dispatch restarts its clock below
             assignments.append(f"{stamp} = coalesce({stamp}, %(now)s)")
         data: dict[str, Any] = {}
         old_crew = incident["crew_id"]
@@ -343,7 +346,8 @@ class Desk:
                     )
                     pending = await self.get(unit, incident_id)
                     await self._publish(unit, pending)
-                    raise ResolvePending(detail, pending)
+                    pending["_recovery"] = detail  # the caller answers 202 once this commits
+                    return pending
                 data["override"] = override
         if target is State.DISPATCHED:
             if crew_id is None:

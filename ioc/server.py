@@ -8,6 +8,8 @@ import uvicorn
 
 from cityops.lifecycle import AsyncService
 from ioc.app import create_app
+from ioc.auth import Principal, Role
+from ioc.centre import Centre
 from ioc.clock import Clock, utcnow
 from ioc.errors import IocError
 from ioc.settings import IocSettings
@@ -60,6 +62,11 @@ class ApiServer(AsyncService):
                 await self._task
             finally:
                 self._server = None
+
+    def token(self, username: str = "viewer", role: Role = Role.VIEWER, crew_id: str | None = None) -> str:
+        """A bearer token minted in-process (benchmarks, tests); users log in with POST /token."""
+        centre: Centre = self.app.state.centre
+        return centre.tokens.issue(Principal(username, role, crew_id))
 
     @property
     def url(self) -> str:

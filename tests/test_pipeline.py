@@ -55,8 +55,8 @@ async def test_reading_to_websocket_alert(
             await schema.upsert_devices(conn, fleet)
 
         received: list[tuple[float, dict[str, object]]] = []
-        async with websockets.connect(f"ws://127.0.0.1:{api.port}/ws/alerts") as ws:
-            assert json.loads(await ws.recv())["type"] == "hello"
+        async with websockets.connect(f"ws://127.0.0.1:{api.port}/ws/wall?token={api.token()}") as ws:
+            assert json.loads(await ws.recv())["type"] == "snapshot"
 
             async def listen() -> None:
                 async for raw in ws:

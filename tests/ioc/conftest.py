@@ -13,6 +13,7 @@ from cityops import contracts, schema
 from cityops.contracts import Alert, Topics
 from cityops.registry import Device
 from ioc import ApiServer, IocSettings
+from ioc.auth import Role
 from ioc.centre import Centre
 from ioc.clock import ManualClock
 
@@ -56,12 +57,17 @@ def centre_of(server: ApiServer) -> Centre:
     return c
 
 
+ROLES = {"viewer": Role.VIEWER, "operator": Role.OPERATOR, "dispatcher": Role.DISPATCHER, "admin": Role.ADMIN}
+
+
 async def token(server: ApiServer, user: str) -> str:
+    """A demo user's token, minted in-process: logging in through POST /token costs an argon2
+    verification (about half a second here), which tests of the login itself pay
+    (tests/ioc/test_access.py, tests/dashboards)."""
     username = USERS.get(user, user)
-    async with httpx.AsyncClient(base_url=server.url) as http:
-        resp = await http.post("/token", data={"username": username, "password": username})
-        assert resp.status_code == 200, resp.text
-        return str(resp.json()["access_token"])
+    if username.startswith("crew-"):
+        return server.token(username, Role.CREW, username.removeprefix("crew-").upper())
+    return server.token(username, ROLES[username])
 
 
 @pytest.fixture
@@ -87,6 +93,7 @@ async def login(api: ApiServer) -> AsyncIterator[Callable[[str], httpx.AsyncClie
 async def registered(database: str, fleet: list[Device]) -> list[Device]:
     """The test city's devices in the ``devices`` table (the API's and correlation's view)."""
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await schema.apply(conn)  # idempotent; the API may not have created it yet
         await schema.upsert_devices(conn, fleet)
     return fleet
 
