@@ -99,11 +99,15 @@ class Desk:
             }
             signals: list[Signal] = []
             for a in alerts:
+                dev = devices.get(a.device_id)
                 if a.alert_id in in_maintenance:
                     continue
-                dev = devices.get(a.device_id)
-                cat = correlation.category(dev["kind"] if dev else a.kind, a.metric)
-                district = dev["district"] if dev else None
+                if dev is None:
+                    # Not in the registry (retired, or never provisioned): no place and no crew to
+                    # send, so it is stored and shown but opens no incident.
+                    metrics.ALERTS_UNPLACED.labels("unregistered").inc()
+                    continue
+                cat = correlation.category(dev["kind"], a.metric)
                 signals.append(
                     Signal(
                         a.alert_id,
@@ -114,10 +118,10 @@ class Desk:
                         a.baseline,
                         to_datetime(a.ts_us),
                         cat,
-                        correlation.group_key(cat, district, dev["attrs"] if dev else {}),
-                        district,
-                        dev["lat"] if dev else None,
-                        dev["lon"] if dev else None,
+                        correlation.group_key(cat, dev["district"], dev["attrs"]),
+                        dev["district"],
+                        dev["lat"],
+                        dev["lon"],
                         a.explanation,
                     )
                 )

@@ -23,3 +23,4 @@ KPI_SECONDS = Gauge(
     "Mean time from detection to each milestone over the KPI window (default today)",
     ["milestone", "district", "type"],
 )
+ALERTS_UNPLACED = Counter("cityops_ioc_alerts_unplaced_total", "Alerts stored that open no incident", ["reason"])

@@ -6,11 +6,13 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from playwright.async_api import Browser, async_playwright
 
-from cityops import contracts
-from cityops.contracts import Topics
+from cityops import contracts, schema
+from cityops.contracts import DeviceKind, Topics
+from cityops.registry import Device
 from cityops.stack import Stack
 from ioc import ApiServer
 from tests.helpers import make_alert, produce
@@ -46,6 +48,14 @@ async def test_live_alerts_lost_connection_and_catch_up(
     server = ApiServer(settings)
     await server.start()
     settings = settings.model_copy(update={"port": server.port})  # come back on the same port
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await schema.upsert_devices(
+            conn,
+            [
+                Device(f"{name}-{uid}", DeviceKind.PIPE_NODE, 52.36, 4.90, "Centrum", {"dma": f"DMA-{uid}"})
+                for name in ("live", "outage")
+            ],
+        )
     try:
         await page.goto(f"{server.url}/")
         await page.fill("#username", "viewer")
@@ -60,7 +70,7 @@ async def test_live_alerts_lost_connection_and_catch_up(
         await page.wait_for_selector(f"text=live-{uid}", timeout=10_000)
         assert "expected 420 +- 2.1 kPa by ewma" in await page.locator("#alerts tr").first.inner_text()
         # The alert opened an incident (an unregistered device: its own), shown in the feed.
-        await page.wait_for_selector(f"#incidents tr:has-text('{f'live-{uid}'}')", timeout=10_000)
+        await page.wait_for_selector(f"#incidents tr:has-text('Water main pressure — DMA-{uid}')", timeout=10_000)
 
         await server.stop()  # the IOC goes away: the screen must say so instead of showing stale data
         await page.wait_for_selector("#state.lost", timeout=10_000)
