@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from cityops import log
 from cityops.contracts import Alert, to_datetime
-from ioc import cap, correlation, metrics
+from ioc import cap, correlation, dispatch, metrics
 from ioc.alerts import alert_json
 from ioc.auth import SYSTEM, Permission, Principal, Role
 from ioc.clock import Clock
@@ -364,6 +364,10 @@ class Desk:
             sets["crew"] = crew_id
             sets["arrive_due"] = unit.now + timedelta(seconds=s.arrive_s[int(incident["severity"]) - 1])
             data["crew_id"] = crew_id
+            # Accepted or overridden: the audit says where the chosen crew stood in the ranking.
+            ranked = [] if incident["lat"] is None else await dispatch.recommend(unit, s, incident)
+            data["recommended"] = [r["crew_id"] for r in ranked[:3]]
+            data["rank"] = next((r["rank"] for r in ranked if r["crew_id"] == crew_id), None)
         elif target is State.ACKNOWLEDGED and current in CREW_STATES:  # recall
             assignments += ["crew_id = NULL", "arrive_due = NULL"]
             data["recalled_crew"] = old_crew

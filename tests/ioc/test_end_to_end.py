@@ -153,6 +153,8 @@ async def _work_the_incident(api: ApiServer) -> None:
         assert resolution["data"]["recovery"]["recovered"] is True and "override" not in resolution["data"]
         assert resolution["data"]["recovery"]["series"] >= 1
         assert all(a["at"] for a in audit) and audit[2]["data"]["crew_id"] == "W1"
+        # Accepted or overridden, the audit says where W1 stood in the recommendation.
+        assert audit[2]["data"]["rank"] == [r["crew_id"] for r in ranked].index("W1") + 1
 
 
 async def _move(http: httpx.AsyncClient, incident_id: int, **body: object) -> httpx.Response:
