@@ -302,12 +302,13 @@ class Desk:
         403 when the role may not make it."""
         if who.role is Role.CREW and (target not in _CREW_MOVES or override is not None):
             raise Forbidden(f"a crew may only report en route, on site or done, not {target.value}")
-        _require(who, _permission(target, override))
+        _require(who, _permission(target, override, None))
         async with self.events.unit() as unit:
             incident = await self.get(unit, incident_id, lock=True)
             if who.role is Role.CREW and incident["crew_id"] != who.crew_id:
                 raise NotFound(f"no job {incident_id} for crew {who.crew_id}")
             current = State(incident["state"])
+            _require(who, _permission(target, override, current))
             check(current, target)
             moved = await self._move(unit, who, incident, target, note=note, crew_id=crew_id, override=override)
         if "_recovery" in moved:
@@ -600,9 +601,10 @@ class ResolvePending(RequestError):
         )
 
 
-def _permission(target: State, override: str | None) -> Permission:
+def _permission(target: State, override: str | None, current: State | None) -> Permission:
     if target is State.ACKNOWLEDGED:
-        return Permission.ACKNOWLEDGE
+        # Back from a crew state is a recall: taking a crew off a job is a dispatcher's call.
+        return Permission.DISPATCH if current in CREW_STATES else Permission.ACKNOWLEDGE
     if target is State.RESOLVED:
         return Permission.DISPATCH if override is not None else Permission.ACKNOWLEDGE
     return Permission.DISPATCH

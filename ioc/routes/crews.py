@@ -53,6 +53,8 @@ async def put_crew(c: CentreDep, who: Admin, crew_id: CrewId, crew: CrewIn) -> d
     unknown = set(crew.skills) - set(SKILLS)
     if unknown:
         raise RequestError(f"unknown skills {sorted(unknown)}; known: {SKILLS}")
+    if crew.shift_start.tzinfo is not None or crew.shift_end.tzinfo is not None:
+        raise RequestError("shift times are city time: give them without an offset, e.g. 06:00")
     if (crew.lat is None) != (crew.lon is None):
         raise RequestError("give both lat and lon, or neither")
     async with c.events.unit() as unit:

@@ -101,7 +101,8 @@ async def move_incident(
 ) -> dict[str, Any]:
     """Move an incident along its lifecycle.
 
-    - `acknowledged`: operator, dispatcher, admin (also recalls a crew from a crew state).
+    - `acknowledged`: operator, dispatcher, admin; from a crew state it recalls the crew
+      (dispatcher, admin).
     - `dispatched` with `crew_id`: dispatcher, admin. See `/recommendations` first.
     - `en_route`, `on_site`: the assigned crew, or a dispatcher on its behalf.
     - `resolved`: confirmed by the data (every affected series back in bounds for the recovery

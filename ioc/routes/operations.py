@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.security import OAuth2PasswordRequestForm
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ioc import kpis, maintenance
 from ioc.auth import Principal, Role, add_user, authenticate
@@ -47,6 +47,25 @@ class UserIn(BaseModel):
     crew_id: str | None = Field(None, max_length=100)
 
 
+Lon = Annotated[float, Field(ge=-180, le=180)]
+Lat = Annotated[float, Field(ge=-90, le=90)]
+
+
+class Polygon(BaseModel):
+    """A GeoJSON Polygon: closed rings of [lon, lat], the first the outline, others holes."""
+
+    type: Literal["Polygon"]
+    coordinates: list[Annotated[list[tuple[Lon, Lat]], Field(min_length=4)]] = Field(min_length=1)
+
+    @field_validator("coordinates")
+    @classmethod
+    def _closed(cls, rings: list[list[tuple[float, float]]]) -> list[list[tuple[float, float]]]:
+        for ring in rings:
+            if ring[0] != ring[-1]:
+                raise ValueError("each ring must end where it starts")
+        return rings
+
+
 class WindowIn(BaseModel):
     starts_at: datetime
     ends_at: datetime
@@ -55,7 +74,7 @@ class WindowIn(BaseModel):
     group_key: str | None = Field(
         None, max_length=200, description="cabinet:<id>, feeder:<id>, dma:<id> or district:<name>"
     )
-    area: dict[str, Any] | None = Field(None, description="a GeoJSON Polygon (lon, lat)")
+    area: Polygon | None = Field(None, description="a GeoJSON Polygon (lon, lat)")
 
 
 class EndWindow(BaseModel):
@@ -150,7 +169,7 @@ async def create_window(c: CentreDep, who: Maintainer, window: WindowIn) -> dict
     _aware("starts_at", window.starts_at)
     _aware("ends_at", window.ends_at)
     async with c.events.unit() as unit:
-        return await maintenance.create(unit, who, **window.model_dump())
+        return await maintenance.create(unit, who, **window.model_dump(exclude_none=True))
 
 
 @router.post("/maintenance/{window_id}/end", tags=["maintenance"])

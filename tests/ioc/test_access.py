@@ -3,10 +3,12 @@ of incident moves, crews confined to their own jobs, WebSocket refusals and toke
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -17,7 +19,7 @@ from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.routing import BaseRoute
 
 from cityops.registry import Device
-from ioc import ApiServer
+from ioc import ApiServer, maintenance
 from ioc.auth import SYSTEM
 from ioc.centre import Centre
 from ioc.clock import ManualClock
@@ -123,7 +125,7 @@ def app_routes(app: FastAPI) -> set[tuple[str, str]]:
         if isinstance(route, APIWebSocketRoute):
             found.add(("WS", path))
         elif isinstance(route, APIRoute):
-            found.update((method, path) for method in route.methods - {"HEAD", "OPTIONS"})
+            found.update((method, path) for method in (route.methods or set()) - {"HEAD", "OPTIONS"})
     return found
 
 
@@ -170,48 +172,36 @@ class World:
         if current is state:
             return
         for step in _FORWARD:
-            if step is State.DISPATCHED:
-                await self._dispatch(incident_id, crew)
-            else:
-                override = "test set-up" if step is State.RESOLVED else None
-                await desk.transition(SYSTEM, incident_id, step, override=override)
+            await desk.transition(
+                SYSTEM,
+                incident_id,
+                step,
+                crew_id=crew if step is State.DISPATCHED else None,
+                override="test set-up" if step is State.RESOLVED else None,
+            )
             if step is state:
                 return
         raise AssertionError(f"cannot put incident {incident_id} in {state}")
 
-    async def _dispatch(self, incident_id: int, crew: str) -> None:
-        # Set-up writes the dispatch itself so that every other case does not hinge on the dispatch
-        # move, which TRANSITIONS["dispatch"] tests through the API.
-        async with self.centre.events.unit() as unit:
-            await unit.conn.execute(
-                "UPDATE incidents SET state = 'dispatched', crew_id = %(crew)s, dispatched_at = %(now)s, "
-                "arrive_due = %(now)s + INTERVAL '1 hour', crew_acknowledged_at = NULL, en_route_at = NULL, "
-                "arrived_at = NULL, resolve_pending = false, updated_at = %(now)s, version = version + 1 "
-                "WHERE incident_id = %(id)s AND state = 'acknowledged'",
-                {"crew": crew, "now": unit.now, "id": incident_id},
-            )
-        assert (await self.state_of(incident_id))["crew_id"] == crew
-
     async def fresh_incident(self) -> int:
-        """A new incident (electrical) to use up, e.g. by cancelling it."""
+        """An open incident (electrical) to use up, e.g. by cancelling it: the open one, or a new one."""
         n = next(self.counter)
         at = self.api_clock() + timedelta(seconds=n)
         await self.centre.receive([alert(self.spare_device, f"current_a_{n}", at)])
         async with self.centre.events.read() as unit:
             row = await unit.row(
-                "SELECT max(incident_id) AS id FROM incidents WHERE category = 'electrical' AND state = 'new'"
+                "SELECT max(incident_id) AS id FROM incidents WHERE category = 'electrical' AND state = ANY(%s)",
+                ([s.value for s in OPEN],),
             )
         assert row is not None and row["id"] is not None
         return int(row["id"])
 
-    def api_clock(self) -> Any:
+    def api_clock(self) -> datetime:
         return self.centre.clock()
 
     async def new_window(self) -> int:
         now = self.api_clock()
         async with self.centre.events.unit() as unit:
-            from ioc import maintenance
-
             window = await maintenance.create(
                 unit,
                 SYSTEM,
@@ -223,7 +213,7 @@ class World:
         return int(window["window_id"])
 
 
-async def _incident_of(c: Centre, device: Device, at: Any) -> int:
+async def _incident_of(c: Centre, device: Device, at: datetime) -> int:
     await c.receive([alert(device, "pressure_kpa", at)])
     async with c.events.read() as unit:
         row = await unit.row("SELECT incident_id FROM incidents WHERE %s = ANY(assets)", (device.device_id,))
@@ -251,7 +241,9 @@ async def world(
         quiet_device=next(d for d in registered if d.kind == "env_station"),
     )
     world.anonymous.headers.pop("Authorization")
-    world.tokens = {role: str(cl.headers["Authorization"]).removeprefix("Bearer ") for role, cl in world.clients.items()}
+    world.tokens = {
+        role: str(cl.headers["Authorization"]).removeprefix("Bearer ") for role, cl in world.clients.items()
+    }
     await world.put_in(second, State.DISPATCHED, crew="W2")
     await c.desk.issue_cap(SYSTEM, first)  # so that GET .../cap has a message to return
     return world
@@ -291,7 +283,7 @@ def _calls(w: World) -> dict[tuple[str, str], Call]:
         ),
         ("POST", "/maintenance/{window_id}/end"): Call(json={"note": "done"}),
         ("POST", "/incidents/{incident_id}/cap"): Call(state=State.NEW),
-        ("PUT", "/crews/{crew_id}"): Call(json={"name": "Test crew", "skills": ["drainage"]}),
+        ("PUT", "/crews/{crew_id}"): Call(json={"name": "Water mains 2", "skills": ["water_mains", "drainage"]}),
         ("GET", "/crew/jobs/{incident_id}"): Call(state=State.DISPATCHED),
         ("POST", "/crew/jobs/{incident_id}/acknowledge"): Call(json={"note": "seen"}, state=State.DISPATCHED),
         ("POST", "/crew/jobs/{incident_id}/en_route"): Call(json={}, state=State.DISPATCHED),
@@ -304,7 +296,7 @@ def _calls(w: World) -> dict[tuple[str, str], Call]:
 async def _url(w: World, path: str) -> str:
     if "{window_id}" in path:  # every allowed caller ends a window of its own
         path = path.replace("{window_id}", str(await w.new_window()))
-    return path.replace("{incident_id}", str(w.incident)).replace("{crew_id}", "T9")
+    return path.replace("{incident_id}", str(w.incident)).replace("{crew_id}", "W2")
 
 
 def _body(key: tuple[str, str], call: Call, w: World) -> Any:
@@ -378,7 +370,8 @@ async def test_transitions_are_authorised_per_target(world: World) -> None:
                 elif move.status == 200 and after["state"] != move.to.value:
                     wrong.append(f"{name} as {role}: answered 200 but the incident is {after['state']}")
                 elif move.status == 202 and not (after["resolve_pending"] and after["state"] == move.source.value):
-                    wrong.append(f"{name} as {role}: answered 202 but the incident is {after}")
+                    seen = {k: after[k] for k in ("state", "resolve_pending")}
+                    wrong.append(f"{name} as {role}: answered 202 but the resolve was not recorded: {seen}")
             else:
                 if resp.status_code != 403:
                     wrong.append(f"{name} as {role} (denied): {resp.status_code} {resp.text[:200]}")
@@ -430,37 +423,39 @@ async def test_a_crew_cannot_use_the_operators_routes(world: World) -> None:
 # -- WebSockets -------------------------------------------------------------------------------------
 
 
-async def _ws_close_code(url: str) -> int | None:
-    """The close code the server sent, or None if it sent a first message instead."""
+async def _ws_answer(url: str) -> int | str:
+    """The close code the server sent, or the type of its first message if it sent one."""
     async with websockets.connect(url, open_timeout=10) as ws:
         try:
-            await ws.recv()
+            return str(json.loads(await asyncio.wait_for(ws.recv(), 10))["type"])
         except websockets.ConnectionClosed as closed:
             assert closed.rcvd is not None, "closed without a close frame"
             return closed.rcvd.code
-    return None
 
 
 async def test_websockets_refuse_with_policy_violation(world: World, clock: ManualClock) -> None:
     base = f"ws://127.0.0.1:{world.api.port}"
-    assert await _ws_close_code(f"{base}/ws/wall") == 1008
-    assert await _ws_close_code(f"{base}/ws/wall?token=not.a.token") == 1008
-    assert await _ws_close_code(f"{base}/ws/crew?token={world.tokens['viewer']}") == 1008
+    assert await _ws_answer(f"{base}/ws/wall") == 1008
+    assert await _ws_answer(f"{base}/ws/wall?token=not.a.token") == 1008
+    assert await _ws_answer(f"{base}/ws/crew?token={world.tokens['viewer']}") == 1008
     for (method, path), allowed in EXPECTED.items():
         if method != "WS":
             continue
-        assert await _ws_close_code(f"{base}{path}") == 1008, path
+        assert await _ws_answer(f"{base}{path}") == 1008, path
         for role in ROLES:
-            code = await _ws_close_code(f"{base}{path}?token={world.tokens[role]}")
-            assert code == (None if role in allowed else 1008), (path, role, code)
+            answer = await _ws_answer(f"{base}{path}?token={world.tokens[role]}")
+            assert answer == ("snapshot" if role in allowed else 1008), (path, role, answer)
     clock.advance(world.centre.settings.token_ttl_s + 1)
-    assert await _ws_close_code(f"{base}/ws/wall?token={world.tokens['viewer']}") == 1008
+    assert await _ws_answer(f"{base}/ws/wall?token={world.tokens['viewer']}") == 1008
+    assert await _ws_answer(f"{base}/ws/crew?token={world.tokens['crew']}") == 1008
 
 
 # -- tokens -----------------------------------------------------------------------------------------
 
 
-async def test_an_expired_token_is_refused(api: ApiServer, login: Callable[[str], httpx.AsyncClient], clock: ManualClock) -> None:
+async def test_an_expired_token_is_refused(
+    api: ApiServer, login: Callable[[str], httpx.AsyncClient], clock: ManualClock
+) -> None:
     viewer = login("viewer")
     ttl = centre_of(api).settings.token_ttl_s
     assert (await viewer.get("/me")).status_code == 200
