@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import psycopg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError
-from psycopg_pool import AsyncConnectionPool
 
 from cityops import log
 from cityops.contracts import Alert, decode_alert, now_us, to_datetime
@@ -51,11 +51,8 @@ def alert_json(alert: Alert) -> dict[str, Any]:
 
 
 class AlertFeed(AsyncService):
-    def __init__(
-        self, settings: IocSettings, pool: AsyncConnectionPool, desk: Desk, *, clock: Callable[[], int] = now_us
-    ) -> None:
+    def __init__(self, settings: IocSettings, desk: Desk, *, clock: Callable[[], int] = now_us) -> None:
         self.settings = settings
-        self._pool = pool
         self._desk = desk
         self._clock = clock
         self._consumer: AIOKafkaConsumer | None = None
@@ -87,10 +84,10 @@ class AlertFeed(AsyncService):
                         metrics.ERRORS.labels("decode").inc()
                         _log.error("undecodable alert skipped", offset=rec.offset, error=str(exc))
             metrics.ALERTS_IN.inc(len(alerts))
-            new = await store(self._pool, alerts)
-            # Place and publish before committing the offset: a crash in between replays alerts that
-            # are already stored, and only newly stored ones are placed, so nothing pages twice.
-            await self._desk.ingest(new)
+            # Stored, placed and published before the offset is committed: a crash in between
+            # replays alerts that are already stored, and only new ones are placed, so nothing
+            # pages twice.
+            new = await self._desk.receive(alerts)
             for alert in new:
                 metrics.LATENCY.observe(max(0.0, (self._clock() - alert.ts_us) / 1e6))
             try:
@@ -105,8 +102,9 @@ class AlertFeed(AsyncService):
                     metrics.LAG.labels(str(tp.partition)).set(max(0, hw - records[-1].offset - 1))
 
 
-async def store(pool: AsyncConnectionPool, alerts: list[Alert]) -> list[Alert]:
-    """Insert in one round trip; returns the alerts that were new, in input order."""
+async def store(conn: psycopg.AsyncConnection[Any], alerts: list[Alert]) -> list[Alert]:
+    """Insert in one round trip (in the caller's transaction); returns the alerts that were new,
+    in input order."""
     if not alerts:
         return []
     params = [
@@ -131,7 +129,7 @@ async def store(pool: AsyncConnectionPool, alerts: list[Alert]) -> list[Alert]:
         for a in alerts
     ]
     new_ids: set[str] = set()
-    async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+    async with conn.cursor() as cur:
         await cur.executemany(INSERT, params, returning=True)
         while True:
             row = await cur.fetchone()

@@ -17,7 +17,7 @@ from cityops import log, schema
 from cityops.contracts import Alert
 from cityops.lifecycle import AsyncService
 from ioc import db, kpis, maintenance
-from ioc.alerts import AlertFeed, store
+from ioc.alerts import AlertFeed
 from ioc.auth import Tokens, hash_password, signing_secret
 from ioc.clock import Clock, utcnow
 from ioc.events import EventLog
@@ -63,7 +63,7 @@ class Centre(AsyncService):
         self.events = EventLog(self._pool, self.hub, self.clock)
         self.desk = Desk(s, self._pool, self.events, self.clock)
         if self._with_feed:
-            self._feed = AlertFeed(s, self._pool, self.desk)
+            self._feed = AlertFeed(s, self.desk)
             await self._feed.start()
         _log.info("operations centre started", environment=s.environment.value, alerts_topic=s.topics.alerts)
 
@@ -90,9 +90,7 @@ class Centre(AsyncService):
 
     async def receive(self, alerts: list[Alert]) -> list[Alert]:
         """Store alerts and place the new ones, as the alert feed does (tests, replays)."""
-        new = await store(self.pool, alerts)
-        await self.desk.ingest(new)
-        return new
+        return await self.desk.receive(alerts)
 
     async def _ticker(self) -> None:
         while True:

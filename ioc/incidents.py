@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from cityops import log
 from cityops.contracts import Alert, to_datetime
 from ioc import cap, correlation, dispatch, metrics
-from ioc.alerts import alert_json
+from ioc.alerts import alert_json, store
 from ioc.auth import SYSTEM, Permission, Principal, Role
 from ioc.clock import Clock
 from ioc.correlation import Category, Draft, Signal
@@ -81,13 +81,17 @@ class Desk:
 
     # -- alerts -> incidents ---------------------------------------------------------------------
 
-    async def ingest(self, alerts: list[Alert]) -> None:
-        """Place newly stored alerts: in a maintenance window (no incident, nobody paged), or into
-        an incident, new or open. Publishes every alert and every touched incident."""
+    async def receive(self, alerts: list[Alert]) -> list[Alert]:
+        """Store alerts and place the new ones: in a maintenance window (no incident, nobody
+        paged), or into an incident, new or open. Publishes every new alert and every touched
+        incident. One transaction, so a snapshot never holds an alert without its placement."""
         if not alerts:
-            return
+            return []
         s = self.settings
         async with self.events.unit() as unit:
+            alerts = await store(unit.conn, alerts)
+            if not alerts:
+                return []
             in_maintenance = await self._maintenance_of(unit, alerts)
             devices = {
                 r["device_id"]: r
@@ -147,6 +151,7 @@ class Desk:
                 await unit.emit(WALL, {"type": "alert", "alert": alert_body(a, owner, in_maintenance)})
             for incident_id in ids:
                 await self._publish(unit, await self.get(unit, incident_id))
+        return alerts
 
     async def _maintenance_of(self, unit: Unit, alerts: list[Alert]) -> dict[str, int]:
         rows = await unit.rows(
