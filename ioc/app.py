@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -57,7 +58,9 @@ def create_app(settings: IocSettings | None = None, *, clock: Clock = utcnow, fe
                 await asyncio.gather(app.state.runner, return_exceptions=True)
                 _log.info("api stopped")
 
-    app = FastAPI(title="cityops IOC", version="0.2.0", description=DESCRIPTION, lifespan=lifespan)
+    # The docs page's Swagger UI and ReDoc from files shipped with fastapi-offline, not a CDN:
+    # operators' networks often have no internet.
+    app = FastAPIOffline(title="cityops IOC", version="0.2.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.centre = centre
     app.state.hub = centre.hub
     app.mount("/wall", StaticFiles(directory=WALL_DIR, html=True), name="wall")

@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import psycopg
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser
 
 from cityops import contracts, schema
 from cityops.contracts import DeviceKind, Topics
 from cityops.registry import Device
 from cityops.stack import Stack
 from ioc import ApiServer
+from tests.dashboards.conftest import ARTIFACTS
 from tests.helpers import make_alert, produce
 from tests.ioc.conftest import ioc_settings
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-CHROMIUM = os.environ.get("CITYOPS_CHROMIUM", "/usr/bin/chromium")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        yield b
-        await b.close()
 
 
 async def _alert(stack: Stack, topics: Topics, device: str, clock_offset_s: float = 0.0) -> None:
