@@ -7,9 +7,21 @@ the same processors, so a service's log is one format throughout.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
+
+# Browsers cannot set headers on a WebSocket, so the IOC takes its bearer token in the query
+# string; uvicorn logs that URL. Tokens are credentials: never written to a log.
+_TOKEN = re.compile(r"((?:access_)?token=)[^&\s\"']+")
+
+
+def _redact(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    for key, value in event.items():
+        if isinstance(value, str) and "token=" in value:
+            event[key] = _TOKEN.sub(r"\1[redacted]", value)
+    return event
 
 
 def configure(level: str = "INFO", fmt: str = "console") -> None:
@@ -28,7 +40,7 @@ def configure(level: str = "INFO", fmt: str = "console") -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _redact, renderer],
         )
     )
     root = logging.getLogger()
