@@ -61,7 +61,7 @@ class Centre(AsyncService):
         if s.environment is Environment.DEVELOPMENT and s.demo_file is not None:
             await self.seed(tomllib.loads(s.demo_file.read_text()))
         self.events = EventLog(self._pool, self.hub, self.clock)
-        self.desk = Desk(s, self._pool, self.events, self.clock)
+        self.desk = Desk(s, self.events, self.clock)
         if self._with_feed:
             self._feed = AlertFeed(s, self.desk)
             await self._feed.start()

@@ -10,8 +10,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
-
 from cityops import log
 from cityops.contracts import Alert, to_datetime
 from ioc import cap, correlation, dispatch, metrics
@@ -63,10 +61,9 @@ WHERE i.incident_id = s.incident_id
 
 
 class Desk:
-    def __init__(self, settings: IocSettings, pool: AsyncConnectionPool, log_: EventLog, clock: Clock) -> None:
+    def __init__(self, settings: IocSettings, events: EventLog, clock: Clock) -> None:
         self.settings = settings
-        self._pool = pool
-        self.events = log_
+        self.events = events
         self.clock = clock
 
     # -- reading -------------------------------------------------------------------------------
