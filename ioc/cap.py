@@ -114,6 +114,13 @@ _HAZARDS: dict[str, _Hazard] = {
         "Monitor",
         "Street lights may be out. Take extra care after dark, especially at crossings and junctions.",
     ),
+    "feeder_power_loss": _Hazard(
+        "Street lighting power outage",
+        "Infra",
+        "Monitor",
+        "Street lights may be out over several streets. Take extra care after dark, especially at crossings and "
+        "junctions.",
+    ),
     "lamp_fault": _Hazard(
         "Street light fault",
         "Infra",

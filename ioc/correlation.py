@@ -1,9 +1,10 @@
-"""Which incident an alert belongs to: its category, its asset group, and what the incident is.
+"""Which incident an alert belongs to: its category, its asset groups, and what the incident is.
 
 Pure functions over plain data; ``ioc.incidents`` applies them to the database. An alert joins
-an open incident of the same category when it shares the asset group (a cabinet's lamps, a
-district metered area's pipe nodes, a district's stations), is one of its assets already, or
-lies within the correlation radius of it; and the incident saw an alert within the window.
+an open incident of the same category when it shares an asset group (a lamp's cabinet or
+feeder, a pipe node's district metered area, a station's district), is one of its assets
+already, or lies within the correlation radius of it; and the incident saw an alert within the
+window. Lamps of several cabinets on one feeder are one "feeder power loss".
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ BASE_SEVERITY: dict[str, int] = {
     "water_contamination": 4,
     "pipe_burst": 3,
     "flooding": 3,
+    "feeder_power_loss": 3,
     "cabinet_power_loss": 2,
     "water_main_pressure": 2,
     "air_pollution": 2,
@@ -68,13 +70,13 @@ def category(device_kind: str, metric: str) -> Category:
     return Category.ENVIRONMENT if metric in _ENVIRONMENT_METRICS else Category.ELECTRICAL
 
 
-def group_key(cat: Category, district: str | None, attrs: dict[str, str]) -> str | None:
-    """The asset group whose alerts are one incident (None: location decides alone)."""
+def group_keys(cat: Category, district: str | None, attrs: dict[str, str]) -> tuple[str, ...]:
+    """The asset groups whose alerts are one incident (none: location decides alone)."""
     if cat is Category.ELECTRICAL:
-        return f"cabinet:{attrs['cabinet']}" if "cabinet" in attrs else None
+        return tuple(f"{k}:{attrs[k]}" for k in ("cabinet", "feeder") if k in attrs)
     if cat is Category.WATER_MAINS:
-        return f"dma:{attrs['dma']}" if "dma" in attrs else None
-    return f"district:{district}" if district else None
+        return (f"dma:{attrs['dma']}",) if "dma" in attrs else ()
+    return (f"district:{district}",) if district else ()
 
 
 @dataclass
@@ -89,7 +91,7 @@ class Signal:
     baseline: float
     at: datetime
     category: Category
-    group: str | None
+    groups: tuple[str, ...]
     district: str | None
     lat: float | None
     lon: float | None
@@ -101,7 +103,7 @@ class Draft:
     """An incident as correlation builds it (new, or loaded from the database)."""
 
     category: Category
-    group: str | None
+    groups: set[str]
     district: str | None
     detected_at: datetime
     last_alert_at: datetime
@@ -116,6 +118,16 @@ class Draft:
     alert_count: int = 0
     changed: bool = False
     taken: list[str] = field(default_factory=list)  # alert ids added in this batch
+
+    @property
+    def group(self) -> str | None:
+        """The group that names the incident: its cabinet, or the feeder when it spans cabinets."""
+        cabinets = sorted(g for g in self.groups if g.startswith("cabinet:"))
+        feeders = sorted(g for g in self.groups if g.startswith("feeder:"))
+        if len(cabinets) > 1 and len(feeders) == 1:
+            return feeders[0]
+        named = cabinets or feeders or sorted(self.groups)
+        return named[0] if named else None
 
     @property
     def centroid(self) -> tuple[float, float] | None:
@@ -134,7 +146,7 @@ class Draft:
     def matches(self, s: Signal, radius_m: float, window: timedelta) -> bool:
         if s.category is not self.category or s.at - self.last_alert_at > window:
             return False
-        if s.device_id in self.assets or (s.group is not None and s.group == self.group):
+        if s.device_id in self.assets or not self.groups.isdisjoint(s.groups):
             return True
         c = self.centroid
         return (
@@ -147,6 +159,7 @@ class Draft:
     def add(self, s: Signal) -> None:
         self.assets.setdefault(s.device_id, None if s.lat is None or s.lon is None else (s.lat, s.lon))
         self.series.add(f"{s.device_id}/{s.metric}")
+        self.groups.update(s.groups)
         self.detectors.add(s.detector)
         self.metrics.add(s.metric)
         if math.isfinite(s.baseline) and s.detector != "staleness" and s.value < s.baseline * 0.8:
@@ -163,7 +176,9 @@ class Draft:
 
     @property
     def type(self) -> str:
-        return incident_type(self.category, len(self.assets), self.metrics, self.detectors, self.drops)
+        cabinets = sum(g.startswith("cabinet:") for g in self.groups)
+        kind = incident_type(self.category, len(self.assets), self.metrics, self.detectors, self.drops)
+        return "feeder_power_loss" if kind == "cabinet_power_loss" and cabinets > 1 else kind
 
     @property
     def title(self) -> str:
@@ -211,7 +226,7 @@ def correlate(signals: list[Signal], open_drafts: list[Draft], *, radius_m: floa
     for s in sorted(signals, key=lambda s: (s.at, s.alert_id)):
         target = next((d for d in drafts if d.matches(s, radius_m, window)), None)
         if target is None:
-            target = Draft(s.category, s.group, s.district, s.at, s.at)
+            target = Draft(s.category, set(), s.district, s.at, s.at)
             drafts.append(target)
         target.add(s)
     return [d for d in drafts if d.changed]

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS incidents (
     state           text NOT NULL,
     district        text,
     group_key       text,
+    groups          text[] NOT NULL DEFAULT '{}',
     assets          text[] NOT NULL DEFAULT '{}',
     series          text[] NOT NULL DEFAULT '{}',
     detectors       text[] NOT NULL DEFAULT '{}',
@@ -76,6 +77,7 @@ CREATE TABLE IF NOT EXISTS incidents (
     arrive_breached boolean NOT NULL DEFAULT false,
     resolve_pending boolean NOT NULL DEFAULT false
 );
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS groups text[] NOT NULL DEFAULT '{}';
 CREATE INDEX IF NOT EXISTS incidents_open ON incidents (state) WHERE state NOT IN ('closed', 'cancelled');
 CREATE INDEX IF NOT EXISTS incidents_group ON incidents (category, group_key);
 

@@ -119,7 +119,7 @@ class Desk:
                         a.baseline,
                         to_datetime(a.ts_us),
                         cat,
-                        correlation.group_key(cat, dev["district"], dev["attrs"]),
+                        correlation.group_keys(cat, dev["district"], dev["attrs"]),
                         dev["district"],
                         dev["lat"],
                         dev["lon"],
@@ -175,7 +175,7 @@ class Desk:
         earliest = min(sig.at for sig in signals) - window
         rows = await unit.rows(
             """
-            SELECT i.incident_id, i.category, i.group_key, i.district, i.detected_at, i.last_alert_at, i.series,
+            SELECT i.incident_id, i.category, i.groups, i.district, i.detected_at, i.last_alert_at, i.series,
                    i.detectors, i.drops, i.severity, i.explanation, i.alert_count,
                    (SELECT coalesce(json_agg(json_build_array(u.a, ST_Y(d.geom::geometry), ST_X(d.geom::geometry))),
                                     '[]')
@@ -191,7 +191,7 @@ class Desk:
         for r in rows:
             d = Draft(
                 Category(r["category"]),
-                r["group_key"],
+                set(r["groups"]),
                 r["district"],
                 r["detected_at"],
                 r["last_alert_at"],
@@ -218,6 +218,7 @@ class Desk:
             "severity": d.severity,
             "district": d.district,
             "group_key": d.group,
+            "groups": sorted(d.groups),
             "assets": sorted(d.assets),
             "series": sorted(d.series),
             "detectors": sorted(d.detectors),
@@ -239,10 +240,10 @@ class Desk:
         if d.incident_id is None:
             row = await unit.row(
                 f"""
-                INSERT INTO incidents (type, category, title, severity, state, district, group_key, assets, series,
+                INSERT INTO incidents (type, category, title, severity, state, district, group_key, groups, assets, series,
                     detectors, drops, geom, radius_m, alert_count, explanation, detected_at, opened_at, last_alert_at,
                     updated_at, ack_due)
-                VALUES (%(type)s, %(category)s, %(title)s, %(severity)s, 'new', %(district)s, %(group_key)s,
+                VALUES (%(type)s, %(category)s, %(title)s, %(severity)s, 'new', %(district)s, %(group_key)s, %(groups)s,
                     %(assets)s, %(series)s, %(detectors)s, %(drops)s, {geom}, %(radius_m)s, %(alert_count)s,
                     %(explanation)s, %(detected_at)s, %(now)s, %(last_alert_at)s, %(now)s, %(ack_due)s)
                 RETURNING incident_id
@@ -265,6 +266,7 @@ class Desk:
             await unit.conn.execute(
                 f"""
                 UPDATE incidents SET type = %(type)s, title = %(title)s, severity = %(severity)s,
+                    group_key = %(group_key)s, groups = %(groups)s,
                     assets = %(assets)s, series = %(series)s, detectors = %(detectors)s, drops = %(drops)s,
                     geom = {geom}, radius_m = %(radius_m)s, alert_count = %(alert_count)s,
                     detected_at = %(detected_at)s, last_alert_at = %(last_alert_at)s, updated_at = %(now)s,

@@ -29,7 +29,7 @@ def signal(
     *,
     at_s: float = 0.0,
     cat: Category = Category.ELECTRICAL,
-    group: str | None = "cabinet:CAB-1",
+    groups: tuple[str, ...] = ("cabinet:CAB-1", "feeder:F-1"),
     lat: float = 52.36,
     lon: float = 4.90,
     metric: str = "voltage_v",
@@ -44,7 +44,7 @@ def signal(
         230.0,
         T0 + timedelta(seconds=at_s),
         cat,
-        group,
+        groups,
         "Centrum",
         lat,
         lon,
@@ -75,9 +75,9 @@ def test_unrelated_alerts_stay_separate() -> None:
             signal("lamp-1"),
             signal("lamp-2", at_s=5),
             # Another cabinet, far away: its own incident.
-            signal("lamp-9", at_s=6, group="cabinet:CAB-9", lat=far),
+            signal("lamp-9", at_s=6, groups=("cabinet:CAB-9", "feeder:F-5"), lat=far),
             # The same place and time, but water: another crew, another incident.
-            signal("pipe-1", at_s=7, cat=Category.WATER_MAINS, group="dma:DMA-1", metric="pressure_kpa"),
+            signal("pipe-1", at_s=7, cat=Category.WATER_MAINS, groups=("dma:DMA-1",), metric="pressure_kpa"),
             # The first cabinet again, but after the window: a new incident.
             signal("lamp-3", at_s=WINDOW.total_seconds() + 60),
         ],
@@ -88,10 +88,26 @@ def test_unrelated_alerts_stay_separate() -> None:
     assert sorted(sorted(d.assets) for d in drafts) == [["lamp-1", "lamp-2"], ["lamp-3"], ["lamp-9"], ["pipe-1"]]
 
 
+def test_cabinets_on_one_feeder_are_one_feeder_power_loss() -> None:
+    far = 52.36 + 0.02  # 2 km apart: only the feeder ties them
+    drafts = correlate(
+        [signal(f"a-{i}", at_s=i, groups=("cabinet:CAB-1", "feeder:F-1")) for i in range(4)]
+        + [signal(f"b-{i}", at_s=10 + i, groups=("cabinet:CAB-2", "feeder:F-1"), lat=far) for i in range(4)]
+        + [signal(f"c-{i}", at_s=20 + i, groups=("cabinet:CAB-3", "feeder:F-2"), lat=far + 0.02) for i in range(3)],
+        [],
+        radius_m=300,
+        window=WINDOW,
+    )
+    feeder, other = sorted(drafts, key=lambda d: -len(d.assets))
+    assert feeder.type == "feeder_power_loss" and feeder.group == "feeder:F-1" and len(feeder.assets) == 8
+    assert feeder.title.startswith("Feeder power loss — F-1 (8 assets)") and feeder.severity == 4
+    assert other.type == "cabinet_power_loss" and other.group == "cabinet:CAB-3" and len(other.assets) == 3
+
+
 def test_nearby_assets_of_another_group_join_by_distance() -> None:
-    a = signal("env-1", cat=Category.ENVIRONMENT, group="district:Noord", metric="pm25_ugm3", detector="ewma")
+    a = signal("env-1", cat=Category.ENVIRONMENT, groups=("district:Noord",), metric="pm25_ugm3", detector="ewma")
     b = signal(
-        "env-2", at_s=30, cat=Category.ENVIRONMENT, group="district:Oost", lat=52.3615, metric="pm25_ugm3"
+        "env-2", at_s=30, cat=Category.ENVIRONMENT, groups=("district:Oost",), lat=52.3615, metric="pm25_ugm3"
     )  # ~170 m away, across a district boundary
     assert distance_m((a.lat or 0, a.lon or 0), (b.lat or 0, b.lon or 0)) < 300
     (joined,) = correlate([a, b], [], radius_m=300, window=WINDOW)
@@ -101,7 +117,10 @@ def test_nearby_assets_of_another_group_join_by_distance() -> None:
 
 def test_batching_does_not_change_the_grouping() -> None:
     signals = [
-        signal(f"lamp-{i}", at_s=i * 60, group=f"cabinet:CAB-{i % 3}", lat=52.36 + (i % 3) * 0.01) for i in range(12)
+        signal(
+            f"lamp-{i}", at_s=i * 60, groups=(f"cabinet:CAB-{i % 3}", f"feeder:F-{i % 3}"), lat=52.36 + (i % 3) * 0.01
+        )
+        for i in range(12)
     ]
     whole = correlate(signals, [], radius_m=300, window=WINDOW)
     drafts: list = []
