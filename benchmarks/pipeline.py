@@ -106,8 +106,7 @@ async def run_variant(stack: Stack, linger_ms: int, args: argparse.Namespace) ->
                 async def listen() -> None:
                     async for raw in ws:
                         msg = json.loads(raw)
-                        if msg.get("type") == "alert":
-                            a = msg["alert"]
+                        for a in msg.get("alerts", []) if msg.get("type") == "alerts" else []:
                             arrivals.setdefault((a["device_id"], a["metric"], a["seq"]), (time.time(), a))
 
                 listener = tasks.create_task(listen())

@@ -52,7 +52,11 @@ class Centre(AsyncService):
         s = self.settings
         self.tokens = Tokens(signing_secret(s), s.token_ttl_s, self.clock)
         self._pool = AsyncConnectionPool(
-            s.pg_dsn, min_size=s.pool_min, max_size=s.pool_max, open=False, kwargs={"autocommit": True}
+            s.pg_dsn,
+            min_size=s.pool_min,
+            max_size=s.pool_max,
+            open=False,
+            kwargs={"autocommit": True, "options": f"-c jit={'on' if s.pg_jit else 'off'}"},
         )
         await self._pool.open(wait=True, timeout=30)
         async with self._pool.connection() as conn:

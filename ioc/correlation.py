@@ -118,6 +118,7 @@ class Draft:
     alert_count: int = 0
     changed: bool = False
     taken: list[str] = field(default_factory=list)  # alert ids added in this batch
+    _cached: tuple[int, tuple[float, float] | None, float] | None = field(default=None, repr=False, compare=False)
 
     @property
     def group(self) -> str | None:
@@ -131,17 +132,22 @@ class Draft:
 
     @property
     def centroid(self) -> tuple[float, float] | None:
-        points = [p for p in self.assets.values() if p is not None]
-        if not points:
-            return None
-        return sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points)
+        return self._shape()[0]
 
     @property
     def radius_m(self) -> float:
-        c = self.centroid
-        if c is None:
-            return 0.0
-        return max((distance_m(c, p) for p in self.assets.values() if p is not None), default=0.0)
+        return self._shape()[1]
+
+    def _shape(self) -> tuple[tuple[float, float] | None, float]:
+        # Cached until an asset joins: matching asks it for every alert of a batch.
+        if self._cached is None or self._cached[0] != len(self.assets):
+            points = [p for p in self.assets.values() if p is not None]
+            if not points:
+                self._cached = (len(self.assets), None, 0.0)
+            else:
+                c = (sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points))
+                self._cached = (len(self.assets), c, max(distance_m(c, p) for p in points))
+        return self._cached[1], self._cached[2]
 
     def matches(self, s: Signal, radius_m: float, window: timedelta) -> bool:
         if s.category is not self.category or s.at - self.last_alert_at > window:

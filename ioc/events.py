@@ -122,6 +122,22 @@ class EventLog:
                 self._hub.publish(channel, event)
 
     @contextlib.asynccontextmanager
+    async def view(self) -> AsyncIterator[tuple[Unit, int]]:
+        """A read-only view of everything up to the event id it returns, and nothing after.
+
+        The view's snapshot is taken under the lock (no change is half-done then), then read
+        without it, so wall screens loading a snapshot never hold up incoming alerts."""
+        async with self._pool.connection() as conn:
+            async with self._lock:
+                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                unit = Unit(conn, self._clock())
+                current = await self.last_id(unit)  # the transaction's first read fixes its snapshot
+            try:
+                yield unit, current
+            finally:
+                await conn.execute("COMMIT")
+
+    @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Unit]:
         """A read-only view: no lock, so reads never wait for writes."""
         async with self._pool.connection() as conn:

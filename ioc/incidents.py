@@ -144,8 +144,8 @@ class Desk:
                 )
             ids = [d.incident_id for d in touched if d.incident_id is not None]
             await self._reprioritise(unit, ids)
-            for a in alerts:
-                await unit.emit(WALL, {"type": "alert", "alert": alert_body(a, owner, in_maintenance)})
+            # One event for the batch: a cabinet's worth of alerts must not overflow every screen's queue.
+            await unit.emit(WALL, {"type": "alerts", "alerts": [alert_body(a, owner, in_maintenance) for a in alerts]})
             for incident_id in ids:
                 await self._publish(unit, await self.get(unit, incident_id))
         return alerts
@@ -240,9 +240,9 @@ class Desk:
         if d.incident_id is None:
             row = await unit.row(
                 f"""
-                INSERT INTO incidents (type, category, title, severity, state, district, group_key, groups, assets, series,
-                    detectors, drops, geom, radius_m, alert_count, explanation, detected_at, opened_at, last_alert_at,
-                    updated_at, ack_due)
+                INSERT INTO incidents (type, category, title, severity, state, district, group_key, groups, assets,
+                    series, detectors, drops, geom, radius_m, alert_count, explanation, detected_at, opened_at,
+                    last_alert_at, updated_at, ack_due)
                 VALUES (%(type)s, %(category)s, %(title)s, %(severity)s, 'new', %(district)s, %(group_key)s, %(groups)s,
                     %(assets)s, %(series)s, %(detectors)s, %(drops)s, {geom}, %(radius_m)s, %(alert_count)s,
                     %(explanation)s, %(detected_at)s, %(now)s, %(last_alert_at)s, %(now)s, %(ack_due)s)

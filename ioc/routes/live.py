@@ -8,7 +8,8 @@ Protocol (JSON text frames, server to client):
 2. The server answers with ``{"type": "snapshot", "id": N, ...}`` (the channel's whole state, current
    to event N) or, on a resume it can serve, ``{"type": "resume", "from": N}`` followed by every
    event after N that the client missed.
-3. Then events as they happen, each with its ``id``, in order: ``incident``, ``alert``, ``crew``,
+3. Then events as they happen, each with its ``id``, in order: ``incident``, ``alerts`` (the
+   alerts one batch brought, with the incident or maintenance window each went to), ``crew``,
    ``maintenance`` and, for dispatchers, ``escalation`` on the wall channel; ``job`` and
    ``snapshot`` on a crew's.
 4. A client that falls ``ws_queue_size`` events behind gets ``{"type": "resync"}`` and is closed
@@ -100,14 +101,12 @@ async def _serve(ws: WebSocket, channels: set[str], snapshot: Any) -> None:
     sub = c.hub.subscribe(channels)
     try:
         after = _last_event_id(ws)
-        # Under the write lock nothing commits meanwhile: every later event is in our queue.
-        async with c.events.unit() as unit:
+        # A view as of event ``current``; every later event is in our queue (we subscribed first).
+        async with c.events.view() as (unit, current):
             missed = None if after is None else await c.events.since(unit, sorted(channels), after)
             if missed is None:
-                current = await c.events.last_id(unit)
                 first: list[dict[str, Any]] = [{**jsonable(await snapshot(unit)), "id": current}]
             else:
-                current = max([after, *(e["id"] for e in missed)])
                 first = [{"type": "resume", "from": after}, *missed]
         for event in first:
             await ws.send_json(event)

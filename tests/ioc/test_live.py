@@ -196,19 +196,19 @@ async def test_wall_gets_a_snapshot_then_deltas(
         assert snap["kpis"]["overall"]["incidents"] == 1
         assert snap["kpis"]["open_by_severity"] == {"1": 0, "2": 1, "3": 0, "4": 0}
 
-        # An alert after connecting: its alert event, then its (new) incident's.
+        # An alert after connecting: an alerts event, then its (new) incident's.
         second = alerts("pipe-b")
         await c.receive([second])
         b = await incident_of(c, "pipe-b")
         got_alert, got_incident = await recv_n(ws, 2)
-        assert got_alert["type"] == "alert" and got_alert["alert"]["alert_id"] == second.alert_id
-        assert got_alert["alert"]["incident_id"] == b["incident_id"]
+        assert got_alert["type"] == "alerts" and got_alert["alerts"][0]["alert_id"] == second.alert_id
+        assert got_alert["alerts"][0]["incident_id"] == b["incident_id"]
         assert got_incident["type"] == "incident" and got_incident["incident"]["incident_id"] == b["incident_id"]
         assert got_incident["incident"]["state"] == "new"
         # A second alert on the same device: the same incident, one more alert.
         await c.receive([alerts("pipe-b")])
         again = await recv_n(ws, 2)
-        assert [e["type"] for e in again] == ["alert", "incident"]
+        assert [e["type"] for e in again] == ["alerts", "incident"]
         assert again[1]["incident"]["incident_id"] == b["incident_id"]
         assert again[1]["incident"]["alert_count"] == 2
 
@@ -263,9 +263,9 @@ async def test_reconnect_resumes_with_exactly_the_missed_events(
     assert resp.status_code == 201
     missed = await logged(database, "wall", last)
     assert [e["type"] for e in missed] == [
-        "alert",
+        "alerts",
         "incident",
-        "alert",
+        "alerts",
         "incident",
         "incident",
         "incident",
@@ -277,7 +277,7 @@ async def test_reconnect_resumes_with_exactly_the_missed_events(
         "acknowledged",
         "dispatched",
     ]
-    assert [e["alert"]["alert_id"] for e in missed if e["type"] == "alert"] == [x.alert_id for x in away]
+    assert [a["alert_id"] for e in missed if e["type"] == "alerts" for a in e["alerts"]] == [x.alert_id for x in away]
     assert missed[-1]["window"]["window_id"] == resp.json()["window_id"] and missed[-1]["active"] is True
     assert len(await logged(database, "crew:W1", last)) == 1
 
@@ -291,7 +291,7 @@ async def test_reconnect_resumes_with_exactly_the_missed_events(
         live = alerts("pipe-d")
         await c.receive([live])
         after = await recv(ws)
-        assert after["type"] == "alert" and after["alert"]["alert_id"] == live.alert_id
+        assert after["type"] == "alerts" and after["alerts"][0]["alert_id"] == live.alert_id
         assert after["id"] > replayed[-1]["id"]
         current = (await recv(ws))["id"]
 
@@ -446,7 +446,9 @@ async def test_no_change_is_lost_while_clients_connect(
             if e["type"] == "incident" and e["id"] <= snap["id"]
         }
         assert {i["incident_id"]: i["version"] for i in snap["incidents"]} == as_of, snap["id"]
-        published = {e["alert"]["alert_id"] for e in wall if e["type"] == "alert" and e["id"] <= snap["id"]}
+        published = {
+            a["alert_id"] for e in wall if e["type"] == "alerts" and e["id"] <= snap["id"] for a in e["alerts"]
+        }
         assert published == {x["alert_id"] for x in snap["alerts"]}, snap["id"]
 
     for cl in made:
@@ -461,8 +463,8 @@ async def test_no_change_is_lost_while_clients_connect(
         for e in cl.events:
             if e["type"] == "incident":
                 seen[e["incident"]["incident_id"]] = e["incident"]
-            elif e["type"] == "alert":
-                seen_alerts.add(e["alert"]["alert_id"])
+            elif e["type"] == "alerts":
+                seen_alerts.update(a["alert_id"] for a in e["alerts"])
         assert set(seen) == set(final), cl.n
         for incident_id, state in final.items():
             got = seen[incident_id]
@@ -579,15 +581,15 @@ async def test_escalations_go_to_dispatchers_not_viewers(
         later = alerts("pipe-b")
         await c.receive([later])
         nxt = await recv(view)
-        assert nxt["type"] == "alert" and nxt["alert"]["alert_id"] == later.alert_id
+        assert nxt["type"] == "alerts" and nxt["alerts"][0]["alert_id"] == later.alert_id
         assert nxt["id"] > escalation["id"]
         # Nor is it in the viewer's resume; a dispatcher's has it.
     async with connect(api, viewer, last=before) as view:
         assert await recv(view) == {"type": "resume", "from": before}
-        assert [e["type"] for e in await recv_n(view, 3)] == ["incident", "alert", "incident"]
+        assert [e["type"] for e in await recv_n(view, 3)] == ["incident", "alerts", "incident"]
     async with connect(api, dispatcher, last=before) as boss:
         assert await recv(boss) == {"type": "resume", "from": before}
-        assert [e["type"] for e in await recv_n(boss, 4)] == ["incident", "escalation", "alert", "incident"]
+        assert [e["type"] for e in await recv_n(boss, 4)] == ["incident", "escalation", "alerts", "incident"]
 
 
 # -- a slow client ---------------------------------------------------------------------------------------
