@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Self
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, Self
 
 
 class AsyncService:
@@ -25,3 +27,17 @@ class AsyncService:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def race(*coros: Coroutine[Any, Any, None]) -> None:
+    """Run ``coros`` together until the first one ends; the others are cancelled and awaited (no
+    task outlives the call), and the first one's error, if any, is raised."""
+    tasks = [asyncio.create_task(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from cityops import log, schema
 from cityops.contracts import Alert
-from cityops.lifecycle import AsyncService
+from cityops.lifecycle import AsyncService, race
 from ioc import db, kpis, maintenance
 from ioc.alerts import AlertFeed
 from ioc.auth import Tokens, hash_password, signing_secret
@@ -80,17 +80,8 @@ class Centre(AsyncService):
             self._pool = None
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(self._ticker(), name="ioc-timers")]
-        if self._feed is not None:
-            tasks.append(asyncio.create_task(self._feed.run(), name="alert-feed"))
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        """The timers and the alert feed, until one of them fails (each runs forever otherwise)."""
+        await race(self._ticker(), *([self._feed.run()] if self._feed is not None else []))
 
     async def receive(self, alerts: list[Alert]) -> list[Alert]:
         """Store alerts and place the new ones, as the alert feed does (tests, replays)."""

@@ -18,11 +18,11 @@ Protocol (JSON text frames, server to client):
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from cityops.lifecycle import race
 from ioc import dispatch, kpis, maintenance, metrics
 from ioc.auth import Permission, Principal
 from ioc.centre import Centre
@@ -140,15 +140,7 @@ async def _pump(ws: WebSocket, sub: Subscriber, sent: int) -> None:
         while (await ws.receive())["type"] != "websocket.disconnect":
             pass
 
-    tasks = [asyncio.create_task(send()), asyncio.create_task(receive())]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await race(send(), receive())
 
 
 @router.websocket("/ws/wall")
