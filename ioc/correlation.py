@@ -155,12 +155,14 @@ class Draft:
         if s.device_id in self.assets or not self.groups.isdisjoint(s.groups):
             return True
         c = self.centroid
-        return (
-            c is not None
-            and s.lat is not None
-            and s.lon is not None
-            and (distance_m(c, (s.lat, s.lon)) <= radius_m + self.radius_m)
-        )
+        if c is None or s.lat is None or s.lon is None:
+            return False
+        here = (s.lat, s.lon)
+        # Near one of its assets, not merely near its area: an incident that grew must not
+        # swallow everything within its own radius. The centre test rules most alerts out cheaply.
+        if distance_m(c, here) > radius_m + self.radius_m:
+            return False
+        return any(p is not None and distance_m(p, here) <= radius_m for p in self.assets.values())
 
     def add(self, s: Signal) -> None:
         self.assets.setdefault(s.device_id, None if s.lat is None or s.lon is None else (s.lat, s.lon))

@@ -7,7 +7,7 @@ and recovery can be driven by tests.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from cityops import log
@@ -65,6 +65,7 @@ class Desk:
         self.settings = settings
         self.events = events
         self.clock = clock
+        self._next_recovery_check: datetime | None = None
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -498,18 +499,32 @@ class Desk:
     # -- data-confirmed recovery -----------------------------------------------------------------
 
     async def recovered(self, unit: Unit, incident: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
-        """Whether every affected series is back: enough readings in the last ``recovery_s``, all
-        within the range it read in the hour before the incident (widened by the margin)."""
+        """Whether every affected series is back within its normal envelope.
+
+        A series is back when it has at least ``recovery_min_readings`` readings in the last
+        ``recovery_s`` and all of them lie within its envelope, widened by the margin. The
+        envelope is what the series read before the incident: over ``recovery_reference_s``
+        (a day) the 1st to 99th percentile of its minute extremes (``readings_1m``), so that
+        daily cycles and schedules count as normal and a stray spike does not; and at least
+        its range in the hour before, read from the readings themselves (rollups may lag).
+        """
         s = self.settings
         rows = await unit.rows(
             """
             WITH s AS (
                 SELECT regexp_replace(x, '/[^/]*$', '') AS device_id, substring(x FROM '[^/]*$') AS metric
                 FROM unnest(%(series)s::text[]) AS x
-            ), pre AS (
+            ), hour AS (
                 SELECT s.device_id, s.metric, min(r.value) AS lo, max(r.value) AS hi
                 FROM s JOIN readings r ON r.device_id = s.device_id AND r.metric = s.metric
                  AND r.ts >= %(detected)s - INTERVAL '1 hour' AND r.ts < %(detected)s
+                GROUP BY 1, 2
+            ), day AS (
+                SELECT s.device_id, s.metric,
+                       percentile_cont(0.01) WITHIN GROUP (ORDER BY m.min) AS lo,
+                       percentile_cont(0.99) WITHIN GROUP (ORDER BY m.max) AS hi
+                FROM s JOIN readings_1m m ON m.device_id = s.device_id AND m.metric = s.metric
+                 AND m.bucket >= %(reference)s AND m.bucket < %(detected)s - INTERVAL '1 minute'
                 GROUP BY 1, 2
             ), post AS (
                 SELECT s.device_id, s.metric, count(r.value) AS n, min(r.value) AS lo, max(r.value) AS hi
@@ -517,12 +532,15 @@ class Desk:
                  AND r.ts > %(since)s AND r.ts <= %(now)s
                 GROUP BY 1, 2
             )
-            SELECT post.device_id, post.metric, post.n, post.lo, post.hi, pre.lo AS pre_lo, pre.hi AS pre_hi
-            FROM post LEFT JOIN pre USING (device_id, metric) ORDER BY 1, 2
+            SELECT post.device_id, post.metric, post.n, post.lo, post.hi,
+                   least(hour.lo, day.lo) AS ref_lo, greatest(hour.hi, day.hi) AS ref_hi
+            FROM post LEFT JOIN hour USING (device_id, metric) LEFT JOIN day USING (device_id, metric)
+            ORDER BY 1, 2
             """,
             {
                 "series": incident["series"],
                 "detected": incident["detected_at"],
+                "reference": incident["detected_at"] - timedelta(seconds=s.recovery_reference_s),
                 "since": unit.now - timedelta(seconds=s.recovery_s),
                 "now": unit.now,
             },
@@ -533,9 +551,9 @@ class Desk:
             if r["n"] < s.recovery_min_readings:
                 waiting.append(f"{series}: {r['n']} of {s.recovery_min_readings} readings in {s.recovery_s:.0f} s")
                 continue
-            if r["pre_lo"] is None:
+            if r["ref_lo"] is None:
                 continue  # no history to compare with: readings arriving again is all we can ask
-            lo, hi = float(r["pre_lo"]), float(r["pre_hi"])
+            lo, hi = float(r["ref_lo"]), float(r["ref_hi"])
             margin = max(s.recovery_margin * (hi - lo), 0.02 * max(abs(lo), abs(hi)), 1e-6)
             if r["lo"] < lo - margin or r["hi"] > hi + margin:
                 waiting.append(
@@ -576,6 +594,9 @@ class Desk:
                         SUPERVISOR, {"type": "escalation", "breach": kind, "note": note, "incident": incident}
                     )
                     _log.warning("SLA breached", incident_id=r["incident_id"], breach=kind, due=r["due"].isoformat())
+            if self._next_recovery_check is not None and unit.now < self._next_recovery_check:
+                return done
+            self._next_recovery_check = unit.now + timedelta(seconds=s.recovery_check_s)
             candidates = await unit.rows(
                 SELECT_INCIDENT + " WHERE i.resolve_pending OR (%(self_clear)s AND i.state = 'new' "
                 "AND i.last_alert_at <= %(quiet)s) ORDER BY i.incident_id LIMIT 100 FOR UPDATE",

@@ -58,11 +58,14 @@ class IocSettings(CommonSettings):
     tick_s: float = 1.0
 
     # Recovery: a resolve is confirmed when every affected series has at least
-    # ``recovery_min_readings`` readings in the last ``recovery_s`` and all lie within its range of
-    # the hour before the incident (widened by ``recovery_margin`` of that range).
+    # ``recovery_min_readings`` readings in the last ``recovery_s`` and all lie within its normal
+    # envelope (see Desk.recovered), widened by ``recovery_margin`` of its width.
     recovery_s: float = 120.0
     recovery_min_readings: int = 3
     recovery_margin: float = 0.1
+    recovery_reference_s: float = 86400.0
+    # How often the timers look for recovered incidents (each look reads their series).
+    recovery_check_s: float = 10.0
     # An incident nobody acknowledged whose sensors recovered resolves by itself.
     self_clear: bool = True
 

@@ -183,7 +183,10 @@ async def test_a_simulated_cabinet_outage_becomes_one_incident(
                 water = [i for i in got if i["category"] == "water_quality"]
                 return bool(lamps and water and set(lamps[0]["assets"]) == cabinet)  # type: ignore[arg-type]
 
-            await eventually(settled, timeout=60)
+            try:
+                await eventually(settled, timeout=60)
+            except AssertionError:
+                raise AssertionError([(i["title"], i["assets"], i["alert_count"]) for i in await incidents()]) from None
             await asyncio.sleep(2)  # anything still in flight joins or stays apart now
             got = await incidents()
             await http.aclose()
