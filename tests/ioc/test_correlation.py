@@ -209,3 +209,13 @@ async def _register(dsn: str, devices: list[Device]) -> None:
 
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await schema.upsert_devices(conn, devices)
+
+
+def test_an_incident_that_grew_does_not_swallow_its_surroundings() -> None:
+    # Two lamps of one cabinet 2 km apart; a third lamp halfway between, of another cabinet.
+    a = signal("lamp-a", groups=("cabinet:CAB-1",), lat=52.35)
+    b = signal("lamp-b", at_s=1, groups=("cabinet:CAB-1",), lat=52.368)
+    middle = signal("lamp-m", at_s=2, groups=("cabinet:CAB-7",), lat=52.359)  # ~1 km from each
+    near_b = signal("lamp-n", at_s=3, groups=("cabinet:CAB-8",), lat=52.3695)  # ~170 m from b
+    drafts = correlate([a, b, middle, near_b], [], radius_m=300, window=WINDOW)
+    assert sorted(sorted(d.assets) for d in drafts) == [["lamp-a", "lamp-b", "lamp-n"], ["lamp-m"]]

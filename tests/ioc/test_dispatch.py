@@ -254,3 +254,37 @@ async def test_the_audit_log_refuses_changes(api: ApiServer, registered: list[De
                 await conn.execute(statement.encode())
         cur = await conn.execute("SELECT count(*) FROM audit_log")
         assert (await cur.fetchone()) == (1,)
+
+
+async def test_recovery_counts_the_daily_cycle_as_normal(
+    api: ApiServer, registered: list[Device], login: Callable[[str], httpx.AsyncClient], clock: ManualClock
+) -> None:
+    """The hour before read 40-60, but the day before swung 0-100: 90 is normal, 150 is not."""
+    from cityops import schema
+
+    c = centre_of(api)
+    viewer = login("viewer")
+    env = next(d for d in registered if d.kind == "env_station")
+    dsn = c.settings.pg_dsn
+    day_start = clock.now - timedelta(hours=6)
+    cycle = [50 + 50 * __import__("math").sin(i / 30) for i in range(300)]  # 5 h, one reading a minute
+    await insert_readings(dsn, env.device_id, "no2_ugm3", day_start, cycle, step_s=60)
+    await insert_readings(
+        dsn, env.device_id, "no2_ugm3", clock.now - timedelta(minutes=59), [40 + i % 20 for i in range(59)], step_s=60
+    )
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await schema.mark_dirty(conn, day_start, clock.now)
+        await schema.refresh_rollups(conn)
+    await c.receive([alert(env, "no2_ugm3", clock.now, value=400.0, baseline=50.0)])
+    incident = await _only(viewer)
+    await insert_readings(dsn, env.device_id, "no2_ugm3", clock.now + timedelta(seconds=5), [150.0] * 12)
+    clock.advance(c.settings.recovery_s + 10)
+    assert (await c.tick())["resolved"] == 0
+    async with c.events.read() as unit:
+        _, detail = await c.desk.recovered(unit, await c.desk.get(unit, int(incident["incident_id"])))  # type: ignore[call-overload]
+    assert detail["waiting"] and "read 150..150" in detail["waiting"][0]
+
+    await insert_readings(dsn, env.device_id, "no2_ugm3", clock.now + timedelta(seconds=5), [90.0] * 12)
+    clock.advance(c.settings.recovery_s + 10)
+    assert (await c.tick())["resolved"] == 1
+    assert (await _only(viewer))["state"] == "resolved"
