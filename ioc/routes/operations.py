@@ -203,6 +203,31 @@ async def audit(
         )
 
 
+class SiteIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    kind: str = Field(min_length=1, max_length=50, description="hospital, school, care home, ...")
+    weight: float = Field(1.0, ge=0, le=100, description="added to the impact of incidents near it")
+    lat: Lat
+    lon: Lon
+
+
+@router.put("/sites/{site_id}", tags=["city"])
+async def put_site(
+    c: CentreDep, who: Admin, site_id: Annotated[str, Path(min_length=1, max_length=100)], site: SiteIn
+) -> dict[str, Any]:
+    """Create or change a critical site (admin). Open incidents keep their priority until they change."""
+    async with c.events.unit() as unit:
+        await unit.conn.execute(
+            "INSERT INTO critical_sites (site_id, name, kind, weight, geom) "
+            "VALUES (%s, %s, %s, %s, ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography) "
+            "ON CONFLICT (site_id) DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind, "
+            "weight = EXCLUDED.weight, geom = EXCLUDED.geom",
+            (site_id, site.name, site.kind, site.weight, site.lon, site.lat),
+        )
+        await unit.audit(who, "site_saved", data={"site_id": site_id, **site.model_dump()})
+    return {"site_id": site_id, **site.model_dump()}
+
+
 @router.get("/sites", tags=["city"])
 async def sites(c: CentreDep, _: Reader) -> list[dict[str, Any]]:
     """Critical sites (hospitals, schools) that raise the impact of incidents near them."""

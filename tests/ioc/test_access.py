@@ -53,6 +53,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/kpis"): READERS,
     ("GET", "/audit"): READERS,
     ("GET", "/sites"): READERS,
+    ("PUT", "/sites/{site_id}"): ADMINS,
     ("GET", "/incidents"): READERS,
     ("GET", "/incidents/queue"): READERS,
     ("GET", "/incidents/{incident_id}"): READERS,
@@ -284,6 +285,9 @@ def _calls(w: World) -> dict[tuple[str, str], Call]:
         ("POST", "/maintenance/{window_id}/end"): Call(json={"note": "done"}),
         ("POST", "/incidents/{incident_id}/cap"): Call(state=State.NEW),
         ("PUT", "/crews/{crew_id}"): Call(json={"name": "Water mains 2", "skills": ["water_mains", "drainage"]}),
+        ("PUT", "/sites/{site_id}"): Call(
+            json={"name": "Clinic", "kind": "hospital", "weight": 3, "lat": 52.36, "lon": 4.9}
+        ),
         ("GET", "/crew/jobs/{incident_id}"): Call(state=State.DISPATCHED),
         ("POST", "/crew/jobs/{incident_id}/acknowledge"): Call(json={"note": "seen"}, state=State.DISPATCHED),
         ("POST", "/crew/jobs/{incident_id}/en_route"): Call(json={}, state=State.DISPATCHED),
@@ -296,7 +300,7 @@ def _calls(w: World) -> dict[tuple[str, str], Call]:
 async def _url(w: World, path: str) -> str:
     if "{window_id}" in path:  # every allowed caller ends a window of its own
         path = path.replace("{window_id}", str(await w.new_window()))
-    return path.replace("{incident_id}", str(w.incident)).replace("{crew_id}", "W2")
+    return path.replace("{incident_id}", str(w.incident)).replace("{crew_id}", "W2").replace("{site_id}", "C1")
 
 
 def _body(key: tuple[str, str], call: Call, w: World) -> Any:
