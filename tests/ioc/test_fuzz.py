@@ -159,6 +159,8 @@ def _real_ids(path: str, seeded: Seeded) -> list[dict[str, Any]]:
         return [{"window_id": seeded.window}]
     if names == {"crew_id"}:
         return [{"crew_id": seeded.crew}]
+    if names == {"site_id"}:
+        return [{"site_id": "H1"}]  # a demo city's hospital
     assert not names, f"no seeded rows for the path parameters of {path}: add them"
     return []
 
