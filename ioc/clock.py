@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 Clock = Callable[[], datetime]
 
@@ -24,7 +24,5 @@ class ManualClock:
         return self.now
 
     def advance(self, seconds: float) -> datetime:
-        from datetime import timedelta
-
         self.now += timedelta(seconds=seconds)
         return self.now

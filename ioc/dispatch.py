@@ -9,6 +9,7 @@ be that much closer to win. The dispatcher accepts the first or picks another.
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ioc.correlation import SKILL, Category
 from ioc.events import WALL, Unit
@@ -26,8 +27,6 @@ CREW_COLUMNS = """
 
 
 def _params(unit: Unit, settings: IocSettings) -> dict[str, Any]:
-    from zoneinfo import ZoneInfo
-
     return {"t": unit.now.astimezone(ZoneInfo(settings.city_timezone)).time()}
 
 
@@ -62,15 +61,6 @@ async def recommend(unit: Unit, settings: IocSettings, incident: dict[str, Any])
         r["rank"] = rank
         r["score_km"] = (r["distance_m"] or 0) / 1000 + settings.workload_km * len(r["jobs"])
     return rows
-
-
-async def queue(unit: Unit) -> list[dict[str, Any]]:
-    """Open incidents waiting for a crew, most urgent first."""
-    from ioc.incidents import SELECT_INCIDENT
-
-    return await unit.rows(
-        SELECT_INCIDENT + " WHERE i.state IN ('new', 'acknowledged') ORDER BY i.priority DESC, i.opened_at"
-    )
 
 
 async def locate(unit: Unit, settings: IocSettings, crew_id: str, lat: float, lon: float) -> dict[str, Any]:

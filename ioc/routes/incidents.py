@@ -55,7 +55,9 @@ async def list_incidents(
 async def incident_queue(c: CentreDep, _: Reader) -> list[dict[str, Any]]:
     """Incidents waiting for a crew (new, acknowledged), by priority = (severity + breaches) x impact."""
     async with c.events.read() as unit:
-        return await dispatch.queue(unit)
+        return await unit.rows(
+            SELECT_INCIDENT + " WHERE i.state IN ('new', 'acknowledged') ORDER BY i.priority DESC, i.opened_at"
+        )
 
 
 @router.get("/incidents/{incident_id}")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
 import pytest
 
+from cityops import schema
 from cityops.registry import Device
 from ioc import ApiServer
 from ioc.clock import ManualClock
@@ -47,7 +50,7 @@ async def test_recommendation_ranks_by_skill_shift_distance_and_workload(
     await _put_crew(admin, "MID", lat + 0.01, lon)
     await _put_crew(admin, "FAR", lat + 0.05, lon)
     await _put_crew(admin, "SPARKS", lat, lon, skills=["electrical"])
-    local = clock.now.astimezone(__import__("zoneinfo").ZoneInfo(c.settings.city_timezone))
+    local = clock.now.astimezone(ZoneInfo(c.settings.city_timezone))
     off = {
         "shift_start": (local + timedelta(hours=2)).strftime("%H:%M"),
         "shift_end": (local + timedelta(hours=3)).strftime("%H:%M"),
@@ -258,14 +261,12 @@ async def test_recovery_counts_the_daily_cycle_as_normal(
     api: ApiServer, registered: list[Device], login: Callable[[str], httpx.AsyncClient], clock: ManualClock
 ) -> None:
     """The hour before read 40-60, but the day before swung 0-100: 90 is normal, 150 is not."""
-    from cityops import schema
-
     c = centre_of(api)
     viewer = login("viewer")
     env = next(d for d in registered if d.kind == "env_station")
     dsn = c.settings.pg_dsn
     day_start = clock.now - timedelta(hours=6)
-    cycle = [50 + 50 * __import__("math").sin(i / 30) for i in range(300)]  # 5 h, one reading a minute
+    cycle = [50 + 50 * math.sin(i / 30) for i in range(300)]  # 5 h, one reading a minute
     await insert_readings(dsn, env.device_id, "no2_ugm3", day_start, cycle, step_s=60)
     await insert_readings(
         dsn, env.device_id, "no2_ugm3", clock.now - timedelta(minutes=59), [40 + i % 20 for i in range(59)], step_s=60
