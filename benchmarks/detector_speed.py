@@ -75,6 +75,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from benchmarks._figures import Figure
 from stream import detectors as det
 from stream.detectors import BOOL, F64, I64, Detector, DetectorConfig, Kind
 from stream.profiles import DECADES, Profile
@@ -579,26 +580,6 @@ def pandas_ewm_z(frame: pd.DataFrame, window: int, min_periods: int) -> pd.Serie
 
 
 # -- measurement -------------------------------------------------------------------------------
-
-
-@dataclass
-class Figure:
-    name: str
-    value: float
-    unit: str
-    note: str = ""
-
-    def text(self) -> str:
-        v = self.value
-        if v >= 100:
-            s = f"{v:.0f}"
-        elif v >= 10:
-            s = f"{v:.1f}"
-        elif v >= 1:
-            s = f"{v:.2f}"
-        else:
-            s = f"{v:.3g}"
-        return f"{s} {self.unit}"
 
 
 @dataclass

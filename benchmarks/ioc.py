@@ -70,6 +70,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
+from benchmarks._figures import Figure
 from cityops import log, schema
 from cityops.contracts import Alert, DeviceKind, now_us
 from cityops.registry import Device
@@ -117,21 +118,6 @@ class Plan:
     resume_events: int = 1000
     repeats: int = 5
     seed: int = 7
-
-
-@dataclass(frozen=True)
-class Figure:
-    name: str
-    value: float
-    unit: str
-    note: str = ""
-
-    def text(self) -> str:
-        v = self.value
-        if not math.isfinite(v):
-            return f"nan {self.unit}"
-        digits = 0 if abs(v) >= 100 or v == int(v) else 1 if abs(v) >= 10 else 2
-        return f"{v:.{digits}f} {self.unit}"
 
 
 @dataclass
