@@ -878,3 +878,13 @@ class Detector:
         out = np.zeros(count, np.bool_)
         stale_kernel(self.state, self.profile_of, self.table, count, float(now_us), out)
         return np.flatnonzero(out).astype(np.int64)
+
+
+def compile_kernels() -> None:
+    """Compile (or load from Numba's cache) every kernel by running it once on a throwaway
+    series. A consumer that compiles on its first batch blocks its event loop for seconds,
+    misses heartbeats and is rebalanced out of its group; a service calls this before joining."""
+    scratch = Detector()
+    one = np.zeros(1, np.int64)
+    scratch.update(one, np.full(1, 1_000_000, np.int64), np.zeros(1))
+    scratch.stale(1, 2_000_000)

@@ -35,7 +35,7 @@ from cityops.kafka import make_consumer, make_producer
 from cityops.lifecycle import AsyncService
 from cityops.metrics import MetricsServer
 from stream import metrics
-from stream.detectors import BOOL, DT, I64, LAST_TS, LAST_X, Detector, DetectorConfig, Kind, Scored
+from stream.detectors import BOOL, DT, I64, LAST_TS, LAST_X, Detector, DetectorConfig, Kind, Scored, compile_kernels
 from stream.errors import ConfigError
 from stream.profiles import ProfileFile
 from stream.series import SeriesIndex
@@ -89,6 +89,8 @@ class StreamService(AsyncService):
     async def start(self) -> None:
         s = self.settings
         self.detector.reload(self._profiles.load())
+        # Before joining the group: compiling inside the poll loop would miss heartbeats.
+        await asyncio.to_thread(compile_kernels)
         if s.metrics_port >= 0:
             self._metrics = MetricsServer(s.metrics_host, s.metrics_port)
             await self._metrics.start()

@@ -104,7 +104,10 @@ async def test_a_simulated_citys_incidents_become_alerts_and_score_against_the_t
         async def scored() -> Score:
             return score(truths, await alerts_from_database(database, span), intervals_s=intervals, span_us=span)
 
-        await eventually(lambda: _all_detected(scored()), timeout=60)
+        try:
+            await eventually(lambda: _all_detected(scored()), timeout=120)
+        except AssertionError as exc:  # say which event went undetected
+            raise AssertionError("\n".join((await scored()).lines())) from exc
         for task in services:
             task.cancel()
     result = await scored()

@@ -11,7 +11,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.detectors import NSTATE, Detector, DetectorConfig, Kind, Scored
+from stream.detectors import (
+    NSTATE,
+    Detector,
+    DetectorConfig,
+    Kind,
+    Scored,
+    compile_kernels,
+    detect_kernel,
+    stale_kernel,
+)
 from stream.errors import ConfigError
 from stream.profiles import DEFAULT_FILE
 
@@ -249,6 +258,19 @@ def test_profiles_resolve_by_kind_and_metric() -> None:
 def test_invalid_profiles_are_refused_with_the_reason(raw: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         DetectorConfig.parse(raw)
+
+
+def test_warming_up_compiles_the_signatures_a_real_batch_uses() -> None:
+    """A service compiles before joining its group; a batch must not need another compile."""
+    compile_kernels()
+    before = (list(detect_kernel.signatures), list(stale_kernel.signatures))
+    d = Detector()
+    d.bind(3, "pipe", "pressure_kpa")
+    ts = np.arange(1, 201, dtype=np.int64) * 10_000_000
+    d.update(np.full(200, 3, np.int64), ts, np.random.default_rng(1).normal(400, 2, 200))
+    d.stale(4, int(ts[-1]) + 3_600_000_000)
+    assert (list(detect_kernel.signatures), list(stale_kernel.signatures)) == before
+    assert before[0] and before[1]
 
 
 def test_state_is_small() -> None:
