@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint browser stack-up stack-down bench
+.PHONY: run test lint browser prometheus stack-up stack-down bench
 
 $(BIN)/cityops: pyproject.toml
 	@# Debian ships venv separately from python3.
@@ -18,7 +18,7 @@ $(BIN)/cityops: pyproject.toml
 run: $(BIN)/cityops
 	$(BIN)/cityops run
 
-test: $(BIN)/cityops lint browser
+test: $(BIN)/cityops lint browser prometheus
 	$(BIN)/cityops stack up
 	$(BIN)/pytest
 
@@ -26,6 +26,11 @@ test: $(BIN)/cityops lint browser
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends chromium)
+
+# The Grafana tests query a real Prometheus scraping the services (tests/dashboards/prometheus.py).
+prometheus:
+	@command -v prometheus >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends prometheus)
 
 lint: $(BIN)/cityops
 	$(BIN)/ruff check .

@@ -178,7 +178,7 @@ def sim(
         city = build_city(plan)
     if provision_city:
         with console.status(f"registering {len(city.devices)} devices"):
-            _provision(settings, city.devices)
+            _provision(settings, city.devices, city.outlines())
 
     async def main() -> None:
         from firmware_sim.progress import Progress
@@ -246,11 +246,17 @@ def provision(
     settings = SimSettings(scenario=scenario) if scenario else SimSettings()
     plan = with_overrides(load(settings.scenario), devices=devices, seed=seed, mode=mode)
     city = build_city(plan)
-    _provision(settings, city.devices, broker_dir=broker_dir)
+    _provision(settings, city.devices, city.outlines(), broker_dir=broker_dir)
     console.print(f"provisioned {len(city.devices)} devices (registry: {settings.state_dir / 'devices.json'})")
 
 
-def _provision(settings: CommonSettings, devices: list[Device], *, broker_dir: Path | None = None) -> None:
+def _provision(
+    settings: CommonSettings,
+    devices: list[Device],
+    outlines: dict[str, list[tuple[float, float]]],
+    *,
+    broker_dir: Path | None = None,
+) -> None:
     import asyncio
 
     import psycopg
@@ -282,6 +288,7 @@ def _provision(settings: CommonSettings, devices: list[Device], *, broker_dir: P
         async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
             await schema.apply(conn, mode=settings.storage_mode)
             await schema.upsert_devices(conn, devices)
+            await schema.upsert_districts(conn, outlines)
         await ensure_topics(settings.kafka_bootstrap, settings.topics.all())
 
     asyncio.run(db_and_topics())

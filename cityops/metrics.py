@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from cityops.lifecycle import AsyncService
 
@@ -15,16 +15,17 @@ BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000)
 
 
 class MetricsServer(AsyncService):
-    """Serves ``/metrics`` from the default registry on ``host:port`` (port 0: any free port)."""
+    """Serves ``/metrics`` from a registry (the default one) on ``host:port`` (port 0: any free port)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, registry: CollectorRegistry = REGISTRY) -> None:
         self.host = host
         self.port = port
+        self._registry = registry
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        self._server, self._thread = start_http_server(self.port, addr=self.host)
+        self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self._registry)
         self.port = self._server.server_port
 
     async def stop(self) -> None:

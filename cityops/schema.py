@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS devices (
     registered_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS devices_geom ON devices USING gist (geom);
+
+-- District outlines for maps that must draw without internet tiles.
+CREATE TABLE IF NOT EXISTS districts (
+    district text PRIMARY KEY,
+    geom     geography(Polygon, 4326) NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS alerts (
     alert_id    text PRIMARY KEY,
@@ -345,6 +351,23 @@ async def upsert_devices(conn: psycopg.AsyncConnection[object], devices: Iterabl
             "VALUES (%s, %s, %s, ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography, %s) "
             "ON CONFLICT (device_id) DO UPDATE SET kind = EXCLUDED.kind, district = EXCLUDED.district, "
             "geom = EXCLUDED.geom, attrs = EXCLUDED.attrs",
+            rows,
+        )
+    return len(rows)
+
+
+async def upsert_districts(
+    conn: psycopg.AsyncConnection[object], outlines: Mapping[str, Sequence[tuple[float, float]]]
+) -> int:
+    """Insert or update district outlines, each a ring of (lat, lon) corners."""
+    rows = []
+    for name, corners in outlines.items():
+        ring = [*corners, corners[0]] if corners[0] != corners[-1] else list(corners)
+        rows.append((name, "POLYGON((" + ", ".join(f"{lon} {lat}" for lat, lon in ring) + "))"))
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO districts (district, geom) VALUES (%s, ST_GeogFromText('SRID=4326;' || %s)) "
+            "ON CONFLICT (district) DO UPDATE SET geom = EXCLUDED.geom",
             rows,
         )
     return len(rows)

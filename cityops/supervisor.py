@@ -77,7 +77,8 @@ def run_city(*, scenario: Path | None, console: Console) -> None:
                 _wait_http(f"{api_url}/healthz", child, timeout=60)
         console.print(
             Panel.fit(
-                f"wall screen   {api_url}/\n"
+                f"wall screen   {api_url}/   (1920x1080 and up)\n"
+                f"crew phone    {api_url}/field/\n"
                 f"API docs      {api_url}/docs\n"
                 f"wall (WS)     ws://127.0.0.1:{API_PORT}/ws/wall?token=...\n"
                 "log in as     viewer, operator, dispatcher, admin or crew-w1 (development: password = name)\n"
@@ -90,6 +91,10 @@ def run_city(*, scenario: Path | None, console: Console) -> None:
                 title="cityops is running",
             )
         )
+        if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin":
+            import webbrowser
+
+            webbrowser.open(f"{api_url}/")  # a desktop: put the wall screen up
         try:
             asyncio.run(_watch(children, api_url, console))
         except KeyboardInterrupt:

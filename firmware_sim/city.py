@@ -83,6 +83,10 @@ class City:
         s, n = south + (north - south) * r / rows, south + (north - south) * (r + 1) / rows
         return [(s, w), (s, e), (n, e), (n, w)]
 
+    def outlines(self) -> dict[str, list[tuple[float, float]]]:
+        """Every district's outline, by name, for maps without tiles."""
+        return {name: self.district_polygon(i) for i, name in enumerate(self.districts)}
+
 
 def _grid(n: int) -> tuple[int, int]:
     cols = math.ceil(math.sqrt(n))

@@ -26,7 +26,8 @@ from ioc.settings import IocSettings
 
 _log = log.get("ioc")
 
-WALL_DIR = Path(str(resources.files("dashboards").joinpath("wall")))
+DASHBOARDS = Path(str(resources.files("dashboards")))
+WALL_DIR = DASHBOARDS / "wall"
 
 DESCRIPTION = """
 The intelligent operations centre: sensor alerts become incidents, incidents get crews, and an
@@ -64,6 +65,10 @@ def create_app(settings: IocSettings | None = None, *, clock: Clock = utcnow, fe
     app.state.centre = centre
     app.state.hub = centre.hub
     app.mount("/wall", StaticFiles(directory=WALL_DIR, html=True), name="wall")
+    # The crew's phone page; "/crew/..." is the crew's API.
+    app.mount("/field", StaticFiles(directory=DASHBOARDS / "field", html=True), name="field")
+    # Leaflet and uPlot, shipped with the project: the screens work without internet.
+    app.mount("/vendor", StaticFiles(directory=DASHBOARDS / "vendor"), name="vendor")
     for router in (operations.router, incidents.router, crews.router, live.router):
         app.include_router(router)
 

@@ -16,13 +16,14 @@ from psycopg_pool import AsyncConnectionPool
 from cityops import log, schema
 from cityops.contracts import Alert
 from cityops.lifecycle import AsyncService, race
-from ioc import db, kpis, maintenance
+from ioc import city, db, kpis, maintenance
 from ioc.alerts import AlertFeed
 from ioc.auth import Tokens, hash_password, signing_secret
 from ioc.clock import Clock, utcnow
-from ioc.events import EventLog
+from ioc.events import WALL, EventLog, Unit
 from ioc.hub import Hub
 from ioc.incidents import Desk
+from ioc.pipeline import Pipeline
 from ioc.settings import Environment, IocSettings
 
 _log = log.get("ioc")
@@ -42,6 +43,9 @@ class Centre(AsyncService):
         self._last_tick: datetime | None = None
         self._last_kpi = -float("inf")
         self._last_prune = -float("inf")
+        self.pipeline = Pipeline(settings.pipeline_urls)
+        self._device_states: dict[str, str] | None = None
+        self._vitals: dict[str, Any] | None = None
 
     @property
     def pool(self) -> AsyncConnectionPool:
@@ -66,12 +70,14 @@ class Centre(AsyncService):
             await self.seed(tomllib.loads(s.demo_file.read_text()))
         self.events = EventLog(self._pool, self.hub, self.clock)
         self.desk = Desk(s, self.events, self.clock)
+        await self.pipeline.start()
         if self._with_feed:
             self._feed = AlertFeed(s, self.desk)
             await self._feed.start()
         _log.info("operations centre started", environment=s.environment.value, alerts_topic=s.topics.alerts)
 
     async def stop(self) -> None:
+        await self.pipeline.stop()
         if self._feed is not None:
             await self._feed.stop()
             self._feed = None
@@ -81,7 +87,42 @@ class Centre(AsyncService):
 
     async def run(self) -> None:
         """The timers and the alert feed, until one of them fails (each runs forever otherwise)."""
-        await race(self._ticker(), *([self._feed.run()] if self._feed is not None else []))
+        await race(self._ticker(), self._status_loop(), *([self._feed.run()] if self._feed is not None else []))
+
+    async def _status_loop(self) -> None:
+        while True:
+            await self.status()
+            await asyncio.sleep(self.settings.status_s)
+
+    async def city_status(self, unit: Unit) -> dict[str, Any]:
+        """Every device's state, the vital signs and the pipeline's last known health."""
+        devices = await city.devices(unit, self.settings)
+        return {
+            "devices": devices,
+            "vitals": await city.vitals(unit, self.settings, devices),
+            "pipeline": self.pipeline.latest,
+            "maintenance_areas": await city.maintenance_areas(unit),
+            # Without "now", so that an unchanged city compares equal from one check to the next.
+            "kpis": {k: v for k, v in (await kpis.compute(unit, self.settings)).items() if k != "now"},
+        }
+
+    async def status(self) -> dict[str, Any] | None:
+        """Check the pipeline and the devices; tell the wall what changed. Nothing changed, no
+        event: a quiet city writes none. Computed outside the write lock; only the emit takes it."""
+        await self.pipeline.check()
+        async with self.events.read() as unit:
+            now = await self.city_status(unit)
+        states = {d["device_id"]: d["state"] for d in now["devices"]}
+        summary = {k: v for k, v in now.items() if k != "devices"}
+        previous, before = self._device_states, self._vitals
+        self._device_states, self._vitals = states, summary
+        if previous is None or (previous == states and before == summary):
+            return None
+        changed = [d for d in now["devices"] if previous.get(d["device_id"]) != d["state"]]
+        event = {"type": "status", "devices": changed, **summary}
+        async with self.events.unit() as unit:
+            await unit.emit(WALL, event)
+        return event
 
     async def receive(self, alerts: list[Alert]) -> list[Alert]:
         """Store alerts and place the new ones, as the alert feed does (tests, replays)."""

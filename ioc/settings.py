@@ -3,10 +3,10 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from cityops.settings import API_PORT, CommonSettings
+from cityops.settings import API_PORT, GATEWAY_METRICS_PORT, STREAM_METRICS_PORT, CommonSettings
 
 
 class Environment(enum.StrEnum):
@@ -83,6 +83,24 @@ class IocSettings(CommonSettings):
 
     # Live-event history kept for WebSocket resume.
     events_keep_s: float = 86400.0
+
+    # The city's state on the wall: every ``status_s`` a ``status`` event carries the devices
+    # whose state changed, the vital signs and the pipeline's health (see ioc/city.py).
+    status_s: float = 10.0
+    alerting_s: float = 900.0
+    offline_after_s: float = 300.0
+    rate_window_min: int = 5
+    # The services' Prometheus endpoints, read for the pipeline's health (lag, latency).
+    pipeline_urls: dict[str, str] = Field(
+        default_factory=lambda: {
+            "gateway": f"http://127.0.0.1:{GATEWAY_METRICS_PORT}/metrics",
+            "stream": f"http://127.0.0.1:{STREAM_METRICS_PORT}/metrics",
+        }
+    )
+    # Map tiles for deployments that have them, e.g. "https://tile.example.org/{z}/{x}/{y}.png".
+    # Empty (the default): the map draws the district outlines only, and needs no internet.
+    map_tile_url: str = ""
+    map_attribution: str = ""
 
     @model_validator(mode="after")
     def _no_default_secrets(self) -> IocSettings:

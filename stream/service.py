@@ -74,9 +74,10 @@ class StreamService(AsyncService):
         self._profiles = ProfileFile(settings.profiles)
         self._kinds: list[str] = []  # device class per series id
         self._dirty: set[int] = set()  # series whose state changed since the last snapshot
-        # Stream time: the newest reading's timestamp, and the wall clock when it arrived.
-        self._newest_us = 0
-        self._newest_at = 0
+        # Stream time per partition: the newest reading's timestamp, and the wall clock when it
+        # arrived. Partitions catch up unevenly after a backlog; judging silence against the
+        # one furthest ahead would call every series of a lagging partition stale.
+        self._newest: dict[int, tuple[int, int]] = {}
         self._caught_up = False  # the last poll found nothing: the stream is live
         # Rebalance callbacks run while a batch may be suspended mid-way: restoring, replaying
         # and scoring take this lock, so no series is folded twice.
@@ -185,14 +186,21 @@ class StreamService(AsyncService):
         _log.info("detector profiles reloaded", file=config.source, profiles=len(config.overrides) + 1)
         return True
 
+    def saw(self, partition: int, newest_us: int) -> None:
+        """Readings up to ``newest_us`` arrived from ``partition``."""
+        if newest_us > self._newest.get(partition, (0, 0))[0]:
+            self._newest[partition] = (newest_us, self._clock())
+
     def stream_time(self) -> int:
-        """The newest reading's time, advanced by the wall clock since it arrived: while the
-        consumer catches up with a backlog, silence is judged against the data, not the clock.
-        Before any reading, once a poll finds nothing to catch up: the clock (a whole city
-        that fell silent while no consumer ran is still noticed)."""
-        if not self._newest_us:
+        """The newest reading's time, advanced by the wall clock since it arrived, in the
+        partition furthest behind: while the consumer catches up with a backlog, silence is
+        judged against the data, not the clock. Before any reading, once a poll finds nothing
+        to catch up: the clock (a whole city that fell silent while no consumer ran is still
+        noticed)."""
+        if not self._newest:
             return self._clock() if self._caught_up else 0
-        return self._newest_us + max(0, self._clock() - self._newest_at)
+        now = self._clock()
+        return min(newest + max(0, now - at) for newest, at in self._newest.values())
 
     async def check_staleness(self) -> list[Alert]:
         """Alert once for every series that went silent for several of its usual intervals."""
@@ -268,6 +276,7 @@ class StreamService(AsyncService):
                     )
                     continue
                 readings.append(reading)
+                self.saw(tp.partition, reading.ts_us)
                 rows.kind_of[reading.device_id] = reading.kind
                 owned = self._series_by_partition.setdefault(tp.partition, set())
                 for metric, v in reading.metrics.items():
@@ -441,6 +450,7 @@ class StreamService(AsyncService):
 
     def forget(self, partitions: list[int]) -> None:
         for partition in partitions:
+            self._newest.pop(partition, None)
             owned = self._series_by_partition.pop(partition, set())
             if owned:
                 self.detector.reset(np.fromiter(owned, np.int64))
@@ -457,9 +467,6 @@ class StreamService(AsyncService):
             metrics.DETECT_SECONDS.observe(time.perf_counter() - began)
         metrics.SERIES.set(len(self.series))
         self._dirty.update(np.unique(series[new]).tolist())
-        newest = int(ts.max())
-        if newest > self._newest_us:
-            self._newest_us, self._newest_at = newest, self._clock()
         emitted = self._clock()
         return [self._alert(rows, scored, int(i), emitted) for i in np.flatnonzero(scored.alarms)]
 

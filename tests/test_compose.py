@@ -69,3 +69,31 @@ def test_services_run_cityops_commands_that_exist() -> None:
         f"stream:{settings.STREAM_METRICS_PORT}",
         f"api:{settings.API_PORT}",
     }
+
+
+def test_grafana_starts_provisioned_with_the_generated_dashboards() -> None:
+    """Grafana reads provisioning from /etc/grafana/provisioning; its dashboard provider must
+    point at the folder compose mounts the generated dashboards into."""
+    mounts = {}
+    for volume in SERVICES["grafana"]["volumes"]:
+        source, target, *_ = volume.split(":")
+        assert (ROOT / source).resolve().is_dir(), source
+        mounts[target] = (ROOT / source).resolve()
+    provisioning = mounts["/etc/grafana/provisioning"]
+    assert {p.name for p in (provisioning / "datasources").glob("*.yml")}
+    (provider_file,) = (provisioning / "dashboards").glob("*.yml")
+    (provider,) = yaml.safe_load(provider_file.read_text())["providers"]
+    folder = mounts[provider["options"]["path"]]
+    assert sorted(p.name for p in folder.glob("*.json")), f"no dashboards in {folder}"
+    home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (folder / Path(home).relative_to(provider["options"]["path"])).is_file(), home
+    datasources = yaml.safe_load(next((provisioning / "datasources").glob("*.yml")).read_text())["datasources"]
+    assert {d["url"] for d in datasources} == {"postgres:5432", "http://prometheus:9090"}
+    (db,) = [d for d in datasources if d["url"] == "postgres:5432"]
+    env = SERVICES["postgres"]["environment"]
+    assert (db["user"], db["secureJsonData"]["password"], db["jsonData"]["database"]) == (
+        env["POSTGRES_USER"],
+        env["POSTGRES_PASSWORD"],
+        env["POSTGRES_DB"],
+    )
+    assert {"postgres", "prometheus"} <= set(SERVICES["grafana"]["depends_on"])

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
-from ioc import dispatch
+from ioc import dispatch, evidence
 from ioc.auth import Principal
 from ioc.errors import RequestError
 from ioc.incidents import SELECT_INCIDENT
@@ -85,6 +85,14 @@ async def incident_audit(c: CentreDep, _: Reader, incident_id: IncidentId) -> li
     async with c.events.read() as unit:
         await c.desk.get(unit, incident_id)
         return await unit.rows("SELECT * FROM audit_log WHERE incident_id = %s ORDER BY audit_id", (incident_id,))
+
+
+@router.get("/incidents/{incident_id}/chart")
+async def incident_chart(c: CentreDep, _: Reader, incident_id: IncidentId) -> dict[str, Any]:
+    """The incident's sensor series around it, with the anomalous points and each detector's
+    explanation (raw readings, or the one-minute rollup for spans over 3 h)."""
+    async with c.events.read() as unit:
+        return await evidence.chart(unit, await c.desk.get(unit, incident_id))
 
 
 @router.get("/incidents/{incident_id}/recommendations")

@@ -10,7 +10,9 @@ Protocol (JSON text frames, server to client):
    event after N that the client missed.
 3. Then events as they happen, each with its ``id``, in order: ``incident``, ``alerts`` (the
    alerts one batch brought, with the incident or maintenance window each went to), ``crew``,
-   ``maintenance`` and, for dispatchers, ``escalation`` on the wall channel; ``job`` and
+   ``maintenance``, ``status`` (devices whose state changed, vital signs, pipeline health, KPIs;
+   sent only when something changed, at most every ``status_s``) and, for dispatchers,
+   ``escalation`` on the wall channel; ``job`` and
    ``snapshot`` on a crew's.
 4. A client that falls ``ws_queue_size`` events behind gets ``{"type": "resync"}`` and is closed
    with 1013 (try again later): it reconnects with its last event id, and misses nothing.
@@ -23,7 +25,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from cityops.lifecycle import race
-from ioc import dispatch, kpis, maintenance, metrics
+from ioc import city, dispatch, kpis, maintenance, metrics
 from ioc.auth import Permission, Principal
 from ioc.centre import Centre
 from ioc.errors import RequestError
@@ -82,6 +84,9 @@ async def wall_snapshot(c: Centre, unit: Unit) -> dict[str, Any]:
         "crews": await dispatch.crews(unit, c.settings),
         "maintenance": await maintenance.current(unit),
         "kpis": await kpis.compute(unit, c.settings),
+        "outlines": await city.outlines(unit),
+        "map": {"tile_url": c.settings.map_tile_url, "attribution": c.settings.map_attribution},
+        **{k: v for k, v in (await c.city_status(unit)).items() if k != "kpis"},
     }
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, field_validator
 
-from ioc import kpis, maintenance
+from ioc import city, kpis, maintenance
 from ioc.auth import Principal, Role, add_user, authenticate
 from ioc.errors import RequestError
 from ioc.routes.deps import Admin, CentreDep, Maintainer, Reader, allow_any
@@ -120,6 +120,23 @@ async def devices(
             "AND (%(district)s::text IS NULL OR district = %(district)s) ORDER BY device_id",
             {"kind": kind, "district": district},
         )
+
+
+@router.get("/map", tags=["city"])
+async def city_map(c: CentreDep, _: Annotated[Principal, Depends(allow_any)]) -> dict[str, Any]:
+    """What a map needs without internet: district outlines (GeoJSON), and the tile URL for
+    deployments that have tiles (empty: draw the outlines only). Every role: crews too."""
+    async with c.events.read() as unit:
+        outlines = await city.outlines(unit)
+    return {"tile_url": c.settings.map_tile_url, "attribution": c.settings.map_attribution, "outlines": outlines}
+
+
+@router.get("/city", tags=["city"])
+async def city_status(c: CentreDep, _: Reader) -> dict[str, Any]:
+    """Every device's state (healthy, alerting, offline, maintenance), the vital signs, the
+    pipeline's health and today's KPIs: what the wall's ``status`` events carry."""
+    async with c.events.read() as unit:
+        return await c.city_status(unit)
 
 
 @router.get("/readings", tags=["city"])

@@ -42,6 +42,9 @@ def ioc_settings(topics: Topics, database: str, uid: str, **extra: object) -> Io
         "port": 0,
         "max_page": 500,
         "tick_s": 3600.0,
+        # Likewise the city status: checked once at start, then driven with centre.status().
+        "status_s": 3600.0,
+        "pipeline_urls": {},
     }
     return IocSettings(**{**base, **extra})  # type: ignore[arg-type]
 

@@ -157,7 +157,16 @@ async def test_metrics_and_health(api: ApiServer) -> None:
         text = (await http.get("/metrics")).text
         assert "cityops_ioc_alerts_in_total" in text and "cityops_ioc_latency_seconds_bucket" in text
         page = await http.get("/")
-        assert page.status_code == 200 and "/ws/wall" in page.text
+        assert page.status_code == 200 and "/wall/wall.js" in page.text
+        # The page's scripts and styles, and the libraries it uses, come from the IOC itself.
+        for asset in (
+            "/wall/wall.js",
+            "/wall/wall.css",
+            "/vendor/leaflet/leaflet.js",
+            "/vendor/uplot/uPlot.iife.min.js",
+        ):
+            assert (await http.get(asset)).status_code == 200, asset
+        assert "/ws/wall" in (await http.get("/wall/wall.js")).text
 
 
 async def test_websocket_clients_that_leave_do_not_linger(api: ApiServer) -> None:

@@ -366,3 +366,18 @@ async def test_a_device_that_fell_silent_while_no_consumer_ran_is_noticed(
         ]
         runner.cancel()
     assert [(a.device_id, a.detector) for a in alerts] == [("dev-8", "staleness")]
+
+
+def test_silence_is_judged_against_the_partition_furthest_behind() -> None:
+    """After a backlog, partitions catch up unevenly: a series is not stale because another
+    partition's data is further ahead (the demo's replay raised such false "offline" alerts)."""
+    wall = [T0 + 3_600_000_000]
+    service = StreamService(StreamSettings(metrics_port=-1), clock=lambda: wall[0])
+    service.saw(0, T0 + 600_000_000)  # partition 0 has caught up to T0 + 10 min
+    service.saw(1, T0 + 30_000_000)  # partition 1 is still at T0 + 30 s
+    service.saw(1, T0 + 20_000_000)  # a late reading does not move time back
+    assert service.stream_time() == T0 + 30_000_000
+    wall[0] += 5_000_000  # 5 s later, nothing new: both advance with the clock
+    assert service.stream_time() == T0 + 35_000_000
+    service.forget([1])  # partition 1 moved to another consumer
+    assert service.stream_time() == T0 + 605_000_000
