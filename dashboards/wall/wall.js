@@ -55,6 +55,7 @@ function initMap() {
   state.mapObj = m;
   for (const name of ["tiles", "outlines", "areas", "devices", "incidents", "crews"]) layers[name] = L.layerGroup().addTo(m);
   m.setView([0, 0], 2);
+  addEventListener("resize", () => m.invalidateSize());
 }
 function setMapConfig(config, outlines) {
   initMap();
@@ -77,7 +78,11 @@ function setMapConfig(config, outlines) {
   if (!bounds.isValid()) return;
   const near = bounds.pad(0.5);
   for (const c of state.crews.values()) if (c.lat !== null && near.contains([c.lat, c.lon])) bounds.extend([c.lat, c.lon]);
-  m.fitBounds(bounds, { padding: [36, 36] });
+  // After this frame's layout (the KPI row above takes its height with the same snapshot).
+  requestAnimationFrame(() => {
+    m.invalidateSize();
+    m.fitBounds(bounds, { paddingTopLeft: [36, 36], paddingBottomRight: [36, 70] });  // clear of the legend
+  });
 }
 function renderDevices() {
   for (const d of state.devices.values()) {
