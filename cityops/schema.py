@@ -119,7 +119,10 @@ def _native_ddl() -> str:
                 bucket timestamptz NOT NULL, device_id text NOT NULL, metric text NOT NULL,
                 n bigint NOT NULL, mean double precision NOT NULL,
                 min double precision NOT NULL, max double precision NOT NULL,
-                PRIMARY KEY (device_id, metric, bucket));"""
+                PRIMARY KEY (device_id, metric, bucket));
+            -- City-wide recent buckets (the wall's device states and readings per second);
+            -- TimescaleDB's continuous aggregates index their buckets themselves.
+            CREATE INDEX IF NOT EXISTS {name}_bucket ON {name} (bucket);"""
         )
     return "\n".join(parts)
 
