@@ -20,7 +20,7 @@ from ioc import city, db, kpis, maintenance
 from ioc.alerts import AlertFeed
 from ioc.auth import Tokens, hash_password, signing_secret
 from ioc.clock import Clock, utcnow
-from ioc.events import WALL, EventLog, Unit
+from ioc.events import WALL, EventLog, Unit, jsonable
 from ioc.hub import Hub
 from ioc.incidents import Desk
 from ioc.pipeline import Pipeline
@@ -44,8 +44,6 @@ class Centre(AsyncService):
         self._last_kpi = -float("inf")
         self._last_prune = -float("inf")
         self.pipeline = Pipeline(settings.pipeline_urls)
-        self._device_states: dict[str, str] | None = None
-        self._vitals: dict[str, Any] | None = None
 
     @property
     def pool(self) -> AsyncConnectionPool:
@@ -90,9 +88,15 @@ class Centre(AsyncService):
         await race(self._ticker(), self._status_loop(), *([self._feed.run()] if self._feed is not None else []))
 
     async def _status_loop(self) -> None:
+        # The pulse only informs screens: a failed round is logged and the next one tried, and
+        # never takes the alert feed and the timers down with it.
+        # The first pulse after one period: a screen that connects gets it all in its snapshot.
         while True:
-            await self.status()
             await asyncio.sleep(self.settings.status_s)
+            try:
+                await self.status()
+            except Exception as exc:
+                _log.warning("city status check failed", error=repr(exc))
 
     async def city_status(self, unit: Unit) -> dict[str, Any]:
         """Every device's state, the vital signs and the pipeline's last known health."""
@@ -102,27 +106,29 @@ class Centre(AsyncService):
             "vitals": await city.vitals(unit, self.settings, devices),
             "pipeline": self.pipeline.latest,
             "maintenance_areas": await city.maintenance_areas(unit),
-            # Without "now", so that an unchanged city compares equal from one check to the next.
-            "kpis": {k: v for k, v in (await kpis.compute(unit, self.settings)).items() if k != "now"},
+            "kpis": await kpis.compute(unit, self.settings),
         }
 
-    async def status(self) -> dict[str, Any] | None:
-        """Check the pipeline and the devices; tell the wall what changed. Nothing changed, no
-        event: a quiet city writes none. Computed outside the write lock; only the emit takes it."""
+    async def status(self) -> dict[str, Any]:
+        """Check the pipeline and the devices, and send the wall screens a ``pulse``.
+
+        A pulse is the whole truth, not a difference: the state of every device that is not
+        healthy (every other one is), the vital signs, the pipeline's health, the KPIs and the
+        maintenance areas. It is not stored or numbered (a screen that missed one is put right
+        by the next), so a quiet city writes nothing, and a screen whose pulses stop knows its
+        connection is dead.
+        """
         await self.pipeline.check()
         async with self.events.read() as unit:
             now = await self.city_status(unit)
-        states = {d["device_id"]: d["state"] for d in now["devices"]}
-        summary = {k: v for k, v in now.items() if k != "devices"}
-        previous, before = self._device_states, self._vitals
-        self._device_states, self._vitals = states, summary
-        if previous is None or (previous == states and before == summary):
-            return None
-        changed = [d for d in now["devices"] if previous.get(d["device_id"]) != d["state"]]
-        event = {"type": "status", "devices": changed, **summary}
-        async with self.events.unit() as unit:
-            await unit.emit(WALL, event)
-        return event
+        pulse = {
+            "type": "pulse",
+            "every_s": self.settings.status_s,
+            **{k: v for k, v in now.items() if k != "devices"},
+            "devices": {d["device_id"]: d["state"] for d in now["devices"] if d["state"] != "healthy"},
+        }
+        self.hub.pulse(WALL, jsonable(pulse))
+        return pulse
 
     async def receive(self, alerts: list[Alert]) -> list[Alert]:
         """Store alerts and place the new ones, as the alert feed does (tests, replays)."""

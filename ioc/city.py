@@ -92,13 +92,15 @@ async def devices(unit: Unit, settings: IocSettings) -> list[dict[str, Any]]:
 
 
 async def vitals(unit: Unit, settings: IocSettings, states: list[dict[str, Any]]) -> dict[str, Any]:
-    """Devices by state, and readings per second over the last full minutes of the rollup."""
+    """Devices by state, and readings per second over ``rate_window_min`` settled minutes of the rollup."""
     by_state = dict.fromkeys(STATES, 0)
     for d in states:
         by_state[d["state"]] += 1
     now = unit.now
     minutes = settings.rate_window_min
-    end = now.replace(second=0, microsecond=0)
+    # Two minutes back: the newest minutes are still filling (readings arrive late, and the
+    # native rollup is refreshed once a minute), and would read low.
+    end = now.replace(second=0, microsecond=0) - timedelta(minutes=2)
     row = await unit.row(
         "SELECT coalesce(sum(n), 0)::float8 AS n FROM readings_1m WHERE bucket >= %s AND bucket < %s",
         (end - timedelta(minutes=minutes), end),

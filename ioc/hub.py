@@ -54,5 +54,12 @@ class Hub:
                 self.unsubscribe(sub)
                 metrics.WS_DROPPED.inc()
 
+    def pulse(self, channel: str, message: dict[str, Any]) -> None:
+        """Queue an unnumbered message (no ``id``: not stored, not resumed) where there is room.
+        A pulse restates the whole truth, so a full queue just skips it; it never drops a client."""
+        for sub in list(self._subscribers):
+            if channel in sub.channels and sub.queue.qsize() < sub.limit:
+                sub.queue.put_nowait(message)
+
     def __len__(self) -> int:
         return len(self._subscribers)

@@ -66,6 +66,13 @@ def _buckets(samples: Samples, name: str) -> dict[float, float]:
     return out
 
 
+def _restarted(before: Samples, after: Samples) -> bool:
+    """The service restarted between two scrapes: its process start time moved (counters can
+    pass their old values before the next scrape, so a fall in a count does not tell)."""
+    name = "process_start_time_seconds"
+    return total(before, name) != total(after, name)
+
+
 class Pipeline(AsyncService):
     """Reads each service's ``/metrics``; ``check()`` gives the health since the previous check."""
 
@@ -107,12 +114,16 @@ class Pipeline(AsyncService):
             try:
                 samples = await self._scrape(url)
             except (httpx.HTTPError, ValueError) as exc:
-                services[name] = {"up": False, "error": str(exc) or type(exc).__name__}
+                # The kind of failure only: readers of the wall need not see internal addresses.
+                services[name] = {"up": False, "error": type(exc).__name__}
+                _log.debug("metrics not read", service=name, url=url, error=str(exc))
                 self._previous.pop(name, None)
                 continue
             services[name] = {"up": True}
             before = self._previous.get(name)
             self._previous[name] = (now, samples)
+            if before is not None and _restarted(before[1], samples):
+                before = None  # its counters started again from zero: no difference to take
             if name == "stream":
                 health["stream_lag"] = total(samples, "cityops_stream_consumer_lag")
                 if before is not None:
@@ -126,8 +137,8 @@ class Pipeline(AsyncService):
 
     @staticmethod
     def _latency(before: Samples, after: Samples) -> dict[str, float | None]:
-        """Quantiles of the readings stored between two scrapes (counters only grow; a restarted
-        service's smaller counts are taken as they are)."""
+        """Quantiles of the readings stored between two scrapes of one process (counters only
+        grow; should one fall all the same, the newer counts are taken as they are)."""
         name = "cityops_stream_latency_seconds"
         old, new = _buckets(before, name), _buckets(after, name)
         delta = [(bound, count - old.get(bound, 0.0)) for bound, count in new.items()]

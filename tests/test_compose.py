@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cityops import settings
@@ -97,3 +98,16 @@ def test_grafana_starts_provisioned_with_the_generated_dashboards() -> None:
         env["POSTGRES_DB"],
     )
     assert {"postgres", "prometheus"} <= set(SERVICES["grafana"]["depends_on"])
+
+
+def test_the_wall_reads_pipeline_health_from_the_compose_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = SERVICES["api"]["environment"]
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    urls = IocSettings().pipeline_urls
+    assert urls == {
+        "gateway": f"http://gateway:{settings.GATEWAY_METRICS_PORT}/metrics",
+        "stream": f"http://stream:{settings.STREAM_METRICS_PORT}/metrics",
+    }
+    # The anchor's shared settings are still there (the merge key keeps them).
+    assert env["CITYOPS_PG_DSN"].endswith("@postgres:5432/cityops")

@@ -16,6 +16,10 @@ let token = sessionStorage.getItem("cityops-token");
 let selected = null;
 let lostAt = null;
 
+// Leaflet puts tooltip and icon strings into innerHTML: names that come from users or the
+// device registry are escaped first.
+const ESC = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ESC[c]);
 function text(tag, value, cls) {
   const e = document.createElement(tag);
   e.textContent = value ?? "";
@@ -62,13 +66,13 @@ function setMapConfig(config, outlines) {
   const m = state.mapObj;
   layers.tiles.clearLayers();
   if (config && config.tile_url) {
-    L.tileLayer(config.tile_url, { attribution: config.attribution, maxZoom: 19 }).addTo(layers.tiles);
-    m.attributionControl?.addTo(m);
+    L.tileLayer(config.tile_url, { attribution: esc(config.attribution), maxZoom: 19 }).addTo(layers.tiles);
+    if (!state.attribution) state.attribution = L.control.attribution({ prefix: false }).addTo(m);
   }
   layers.outlines.clearLayers();
   const geo = L.geoJSON(outlines, {
     style: { color: "#3b4d61", weight: 2, fillColor: "#1a2633", fillOpacity: 0.55 },
-    onEachFeature: (f, layer) => layer.bindTooltip(f.properties.district, {
+    onEachFeature: (f, layer) => layer.bindTooltip(esc(f.properties.district), {
       permanent: true, direction: "center", className: "district-label",
     }),
   }).addTo(layers.outlines);
@@ -98,7 +102,7 @@ function renderDevices() {
       if (d.state !== "healthy") mk.bringToFront();
       mk._state = d.state;
     }
-    mk.setTooltipContent(`${d.device_id} · ${d.kind} · ${d.state}`);
+    mk.setTooltipContent(esc(`${d.device_id} · ${d.kind} · ${d.state}`));
     mk.getElement?.()?.setAttribute("data-state", d.state);
   }
 }
@@ -120,7 +124,7 @@ function renderMapIncidents() {
       mk.setLatLng([i.lat, i.lon]);
       mk.setIcon(icon);
     }
-    mk.bindTooltip(`#${i.incident_id} ${i.title}`);
+    mk.bindTooltip(esc(`#${i.incident_id} ${i.title}`));
   }
   for (const [id, mk] of markers.incidents) {
     if (!open.has(id)) { mk.remove(); markers.incidents.delete(id); }
@@ -130,7 +134,7 @@ function renderMapCrews() {
   for (const c of state.crews.values()) {
     if (c.lat === null || c.lat === undefined) continue;
     const label = `${c.crew_id}${c.jobs && c.jobs.length ? ` → #${c.jobs.join(", #")}` : ""}`;
-    const icon = L.divIcon({ html: label, className: `crew-marker${c.jobs && c.jobs.length ? " busy" : ""}`, iconAnchor: [0, 0] });
+    const icon = L.divIcon({ html: esc(label), className: `crew-marker${c.jobs && c.jobs.length ? " busy" : ""}`, iconAnchor: [0, 0] });
     let mk = markers.crews.get(c.crew_id);
     if (!mk) {
       mk = L.marker([c.lat, c.lon], { icon, keyboard: false, zIndexOffset: 2000 }).addTo(layers.crews);
@@ -139,7 +143,7 @@ function renderMapCrews() {
       mk.setLatLng([c.lat, c.lon]);
       mk.setIcon(icon);
     }
-    mk.bindTooltip(`${c.name} · ${(c.skills || []).join(", ")}`);
+    mk.bindTooltip(esc(`${c.name} · ${(c.skills || []).join(", ")}`));
   }
 }
 function renderAreas() {
@@ -148,7 +152,7 @@ function renderAreas() {
     if (!a.area) continue;
     L.geoJSON(a.area, {
       style: { color: "#58a6ff", weight: 2, dashArray: "6 6", fillColor: "#58a6ff", fillOpacity: 0.18 },
-    }).bindTooltip(`maintenance: ${a.reason}`).addTo(layers.areas);
+    }).bindTooltip(esc(`maintenance: ${a.reason}`)).addTo(layers.areas);
   }
 }
 function renderMap() {
@@ -161,27 +165,51 @@ function renderMap() {
 
 // -- the incident feed, alerts, crews, maintenance, KPIs -------------------------------------------
 
+let feedKey = "";
+function slaText(i) {
+  const s = sla(i);
+  return s.breached || i.ack_breached || i.arrive_breached ? `BREACHED ${s.label}` : s.label;
+}
+// The rows are rebuilt only when an incident changed (so an arriving row's animation plays out);
+// every second only the age and SLA cells are rewritten.
 function renderIncidents() {
   const rows = [...state.incidents.values()].filter((i) => OPEN.has(i.state))
     .sort((a, b) => (breached(b) - breached(a)) || (b.priority - a.priority) || (b.severity - a.severity));
   const body = $("incidents");
+  const key = rows.map((i) => `${i.incident_id}:${i.version}:${breached(i)}:${selected === i.incident_id}`).join();
+  if (key === feedKey) {
+    for (const tr of body.children) {
+      const i = state.incidents.get(Number(tr.dataset.id));
+      if (!i) continue;
+      tr.children[5].textContent = age(i.detected_at);
+      tr.children[6].textContent = slaText(i);
+    }
+    return;
+  }
+  feedKey = key;
   const focused = document.activeElement?.dataset?.id;
+  const now = Date.now();
   body.replaceChildren(...rows.map((i) => {
     const tr = document.createElement("tr");
     tr.dataset.id = i.incident_id;
     tr.tabIndex = 0;
-    const s = sla(i);
     if (breached(i)) tr.classList.add("breach");
-    if (i._fresh) { tr.classList.add("new"); i._fresh = false; }
+    if (i._freshUntil > now) tr.classList.add("new");
     if (selected === i.incident_id) tr.classList.add("selected");
     const sev = text("td", ""); sev.appendChild(text("span", i.severity, `sev sev${i.severity}`));
     tr.append(sev, text("td", `#${i.incident_id} ${i.title}`), text("td", i.district || "–"),
       text("td", i.state.replace("_", " ") + (i.resolve_pending ? " (resolving)" : "")),
-      text("td", i.crew_id || "–"), text("td", age(i.detected_at)),
-      text("td", s.breached || i.ack_breached || i.arrive_breached ? `BREACHED ${s.label}` : s.label, "sla"));
+      text("td", i.crew_id || "–"), text("td", age(i.detected_at)), text("td", slaText(i), "sla"));
     return tr;
   }));
   $("no-incidents").hidden = rows.length > 0;
+  // Nothing scrolls on a wall: rows that do not fit are counted instead of cut off unseen.
+  const box = body.closest(".scroll");
+  let hidden = 0;
+  for (const tr of body.children) {
+    if (tr.offsetTop + tr.offsetHeight > box.clientHeight) { tr.hidden = true; hidden += 1; }
+  }
+  $("more-incidents").textContent = hidden ? `+ ${hidden} more open incident${hidden > 1 ? "s" : ""} (lower priority)` : "";
   if (focused) body.querySelector(`tr[data-id="${focused}"]`)?.focus();
 }
 function renderAlerts() {
@@ -265,19 +293,29 @@ async function openDetail(id) {
   $("d-charts").replaceChildren(text("div", "loading…", "quiet"));
   $("d-timeline").replaceChildren();
   render();
+  await refreshDetail(id);
+}
+// The open incident's facts, timeline and charts; again whenever the incident changes.
+let refreshing = null;
+async function refreshDetail(id) {
+  if (refreshing === id) return;  // one at a time; the next change asks again
+  refreshing = id;
   try {
     const [incident, audit, chart] = await Promise.all([
       api(`/incidents/${id}`), api(`/incidents/${id}/audit`), api(`/incidents/${id}/chart`),
     ]);
     if (selected !== id) return;
-    state.incidents.set(id, { ...state.incidents.get(id), ...incident });
-    renderFacts(incident);
+    const known = state.incidents.get(id);
+    if (!known || incident.version >= known.version) state.incidents.set(id, { ...known, ...incident });
+    renderFacts(state.incidents.get(id));
     $("d-timeline").replaceChildren(...audit.map((a) => text("li",
       `${new Date(a.at).toLocaleTimeString([], { hour12: false })} — ${a.action.replace("_", " ")}${a.to_state && a.to_state !== a.action && a.action !== "opened" ? ` → ${a.to_state.replace("_", " ")}` : ""}` +
       ` by ${a.actor} (${a.role})${a.note ? `: ${a.note}` : ""}`)));
     drawCharts(chart);
   } catch (err) {
     $("d-charts").replaceChildren(text("div", String(err), "quiet"));
+  } finally {
+    refreshing = null;
   }
 }
 function closeDetail() {
@@ -361,13 +399,16 @@ function apply(m) {
     state.kpis = m.kpis;
     state.devices = new Map();
     for (const d of m.devices || []) setDevice(d);
+    pulseS = m.pulse_s || pulseS;
     state.vitals = m.vitals; state.pipeline = m.pipeline; state.areas = m.maintenance_areas || [];
     for (const mk of markers.devices.values()) mk.remove();
     markers.devices.clear();
     setMapConfig(m.map, m.outlines);
   } else if (m.type === "incident") {
-    m.incident._fresh = !state.incidents.has(m.incident.incident_id);
+    const known = state.incidents.get(m.incident.incident_id);
+    m.incident._freshUntil = known ? known._freshUntil : Date.now() + 2500;
     state.incidents.set(m.incident.incident_id, m.incident);
+    if (m.incident.incident_id === selected) refreshDetail(selected);
   } else if (m.type === "alerts") {
     // Newest first by the reading's time (a late alert can be older), once each.
     const known = new Set(state.alerts.map((a) => a.alert_id));
@@ -382,10 +423,12 @@ function apply(m) {
     state.crews.set(m.crew.crew_id, m.crew);
   } else if (m.type === "maintenance") {
     state.maintenance.set(m.window.window_id, m.window);
-  } else if (m.type === "status") {
-    for (const d of m.devices) setDevice(d);
+  } else if (m.type === "pulse") {
+    // The whole truth each time: the devices it names are not healthy, every other one is.
+    for (const d of state.devices.values()) d.state = m.devices[d.device_id] || "healthy";
     state.vitals = m.vitals; state.pipeline = m.pipeline; state.kpis = m.kpis; state.areas = m.maintenance_areas;
   }
+  pruneClosed();
   if (m.id !== undefined) state.last = m.id;
 }
 function setLive(live) {
@@ -398,13 +441,20 @@ function setLive(live) {
 }
 
 let socket = null;
+let pulseS = 10;
+let heard = Date.now();
+let holdUntil = 0;
 function connect() {
   if (!token) { showLogin(); return; }
+  const wait = holdUntil - Date.now();
+  if (wait > 0) { setTimeout(connect, wait); return; }
   const q = new URLSearchParams({ token });
   if (state.last !== null) q.set("last_event_id", state.last);
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/wall?${q}`);
   socket = ws;
+  heard = Date.now();
   ws.onmessage = (e) => {
+    heard = Date.now();
     const m = JSON.parse(e.data);
     if (m.type === "resync") return;  // the server closes next; we reconnect from state.last
     apply(m);
@@ -413,14 +463,33 @@ function connect() {
   };
   ws.onclose = (e) => {
     if (socket !== ws) return;
+    socket = null;
     setLive(false);
     if (e.code === 1008) { token = null; sessionStorage.removeItem("cityops-token"); showLogin(e.reason); return; }
     setTimeout(connect, 2000);
   };
 }
-// For tests and operators' consoles: drop the connection as a network fault would, and look
-// at what the screen holds (the map's markers are drawn on a canvas, not in the DOM).
-window.cityopsDropConnection = () => socket?.close();
+// A connection that went half-open (a cable pulled somewhere) sends no close: when the pulses
+// stop for three periods, the screen says so and reconnects.
+setInterval(() => {
+  if (socket && socket.readyState === WebSocket.OPEN && Date.now() - heard > 3 * pulseS * 1000 + 5000) socket.close();
+}, 1000);
+// A wall is left running for days: renew the token well before it expires (token_ttl_s, 8 h).
+setInterval(async () => {
+  if (!token) return;
+  const r = await fetch("/token/refresh", { method: "POST", headers: { Authorization: `Bearer ${token}` } }).catch(() => null);
+  if (r && r.ok) { token = (await r.json()).access_token; sessionStorage.setItem("cityops-token", token); }
+}, 30 * 60 * 1000);
+// Resolved and closed incidents stay in the feed's memory until midnight only.
+function pruneClosed() {
+  const midnight = new Date().setHours(0, 0, 0, 0);
+  for (const [id, i] of state.incidents) {
+    if (!OPEN.has(i.state) && Date.parse(i.updated_at) < midnight && id !== selected) state.incidents.delete(id);
+  }
+}
+// For tests and operators' consoles: drop the connection as a network fault would (staying
+// away ``holdMs``), and look at what the screen holds (map markers are on a canvas, not in the DOM).
+window.cityopsDropConnection = (holdMs = 0) => { holdUntil = Date.now() + holdMs; socket?.close(); };
 window.cityopsState = state;
 window.cityopsCharts = () => charts.map((u) => ({ points: u.data[1].filter((v) => v !== null).length,
   anomalous: u.data[2].filter((v) => v !== null).length }));

@@ -10,11 +10,14 @@ Protocol (JSON text frames, server to client):
    event after N that the client missed.
 3. Then events as they happen, each with its ``id``, in order: ``incident``, ``alerts`` (the
    alerts one batch brought, with the incident or maintenance window each went to), ``crew``,
-   ``maintenance``, ``status`` (devices whose state changed, vital signs, pipeline health, KPIs;
-   sent only when something changed, at most every ``status_s``) and, for dispatchers,
-   ``escalation`` on the wall channel; ``job`` and
+   ``maintenance`` and, for dispatchers, ``escalation`` on the wall channel; ``job`` and
    ``snapshot`` on a crew's.
-4. A client that falls ``ws_queue_size`` events behind gets ``{"type": "resync"}`` and is closed
+4. Between them, on the wall channel, every ``status_s``: an unnumbered ``pulse`` (no ``id``, not
+   stored, not resumed): every device that is not healthy with its state, the vital signs, the
+   pipeline's health, the KPIs and the maintenance areas. It restates the whole truth, so a
+   missed pulse needs no replay; a screen that hears no pulse for a few periods should
+   reconnect (its connection is dead even if no close arrived).
+5. A client that falls ``ws_queue_size`` events behind gets ``{"type": "resync"}`` and is closed
    with 1013 (try again later): it reconnects with its last event id, and misses nothing.
 """
 
@@ -86,6 +89,7 @@ async def wall_snapshot(c: Centre, unit: Unit) -> dict[str, Any]:
         "kpis": await kpis.compute(unit, c.settings),
         "outlines": await city.outlines(unit),
         "map": {"tile_url": c.settings.map_tile_url, "attribution": c.settings.map_attribution},
+        "pulse_s": c.settings.status_s,
         **{k: v for k, v in (await c.city_status(unit)).items() if k != "kpis"},
     }
 
@@ -136,7 +140,7 @@ async def _pump(ws: WebSocket, sub: Subscriber, sent: int) -> None:
                 await ws.send_json(event)
                 await ws.close(code=TRY_AGAIN_LATER)
                 return
-            if event["id"] <= sent:
+            if "id" in event and event["id"] <= sent:  # pulses have none: always current
                 continue
             await ws.send_json(event)
             metrics.WS_SENT.inc()

@@ -10,7 +10,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, field_validator
 
 from ioc import city, kpis, maintenance
-from ioc.auth import Principal, Role, add_user, authenticate
+from ioc.auth import Principal, Role, Unauthorized, add_user, authenticate
 from ioc.errors import RequestError
 from ioc.routes.deps import Admin, CentreDep, Maintainer, Reader, allow_any
 
@@ -86,6 +86,18 @@ async def login(c: CentreDep, form: Annotated[OAuth2PasswordRequestForm, Depends
     """OAuth2 password flow: a bearer token for REST (``Authorization``) and WebSockets (``?token=``)."""
     async with c.pool.connection() as conn:
         who = await authenticate(conn, form.username, form.password)
+    return TokenOut(access_token=c.tokens.issue(who), role=who.role, crew_id=who.crew_id)
+
+
+@router.post("/token/refresh", response_model=TokenOut, tags=["auth"])
+async def refresh_token(c: CentreDep, who: Annotated[Principal, Depends(allow_any)]) -> TokenOut:
+    """A fresh token for a valid one, so a wall screen left running outlives ``token_ttl_s``.
+    The user must still exist with the same role and crew; otherwise 401: log in again."""
+    async with c.pool.connection() as conn:
+        cur = await conn.execute("SELECT role, crew_id FROM users WHERE username = %s", (who.username,))
+        row = await cur.fetchone()
+    if row is None or (str(row[0]), row[1]) != (who.role.value, who.crew_id):
+        raise Unauthorized("this account changed or no longer exists; log in again")
     return TokenOut(access_token=c.tokens.issue(who), role=who.role, crew_id=who.crew_id)
 
 

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute
 
 from cityops.registry import Device
 from ioc import ApiServer, maintenance
-from ioc.auth import SYSTEM
+from ioc.auth import SYSTEM, Role
 from ioc.centre import Centre
 from ioc.clock import ManualClock
 from ioc.lifecycle import OPEN, State
@@ -43,6 +43,7 @@ PUBLIC = {"/", "/wall", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/o
 # must be here: add new routes to the matrix.
 EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/me"): EVERYONE,
+    ("POST", "/token/refresh"): EVERYONE,
     ("POST", "/users"): ADMINS,
     ("GET", "/devices"): READERS,
     ("GET", "/map"): EVERYONE,
@@ -473,6 +474,29 @@ async def test_an_expired_token_is_refused(
         resp = await viewer.get(path)
         assert resp.status_code == 401, (path, resp.status_code, resp.text)
         assert "expired" in resp.json()["detail"]
+
+
+async def test_a_wall_left_running_refreshes_its_token(
+    api: ApiServer, login: Callable[[str], httpx.AsyncClient], clock: ManualClock
+) -> None:
+    viewer = login("viewer")
+    ttl = centre_of(api).settings.token_ttl_s
+    clock.advance(ttl - 60)
+    resp = await viewer.post("/token/refresh")
+    assert resp.status_code == 200 and resp.json()["role"] == "viewer", resp.text
+    fresh = resp.json()["access_token"]
+    clock.advance(120)  # the first token has expired, the refreshed one has not
+    assert (await viewer.get("/me")).status_code == 401
+    viewer.headers["Authorization"] = f"Bearer {fresh}"
+    assert (await viewer.get("/me")).json()["username"] == "viewer"
+    # A token for an account that no longer exists (or changed role) is not renewed.
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        http.headers["Authorization"] = f"Bearer {api.token('ghost', Role.VIEWER)}"
+        assert (await http.get("/me")).status_code == 200
+        resp = await http.post("/token/refresh")
+        assert resp.status_code == 401 and "log in again" in resp.json()["detail"]
+        http.headers["Authorization"] = f"Bearer {api.token('viewer', Role.ADMIN)}"
+        assert (await http.post("/token/refresh")).status_code == 401
 
 
 async def test_a_token_issued_on_the_centres_clock_is_valid(api: ApiServer, clock: ManualClock) -> None:

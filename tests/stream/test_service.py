@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aiokafka import ConsumerRecord, TopicPartition
 
 from cityops import contracts
 from cityops.contracts import Reading, Topics
@@ -381,3 +382,34 @@ def test_silence_is_judged_against_the_partition_furthest_behind() -> None:
     assert service.stream_time() == T0 + 35_000_000
     service.forget([1])  # partition 1 moved to another consumer
     assert service.stream_time() == T0 + 605_000_000
+
+
+async def test_a_partition_still_catching_up_raises_no_false_staleness(
+    stack: Stack, topics: Topics, database: str, uid: str
+) -> None:
+    """Batches straight into ``process()``: partition 0 has caught up to T0 + 600 s, partition 1
+    (still replaying a backlog) only to T0 + 40 s. Its device is not silent, only behind."""
+    clock = ManualClock(T0 + 601_000_000)
+    settings = StreamSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1)
+
+    def records(partition: int, readings: list[Reading]) -> list[ConsumerRecord[bytes, bytes]]:
+        return [
+            ConsumerRecord(
+                topics.readings, partition, i, 0, 0, r.device_id.encode(), contracts.encode(r), None, 0, 0, ()
+            )
+            for i, r in enumerate(readings)
+        ]
+
+    async with StreamService(settings, clock=clock) as service:
+        await service.process(
+            {
+                TopicPartition(topics.readings, 0): records(0, [_noisy("ahead", i) for i in range(0, 601, 10)]),
+                TopicPartition(topics.readings, 1): records(1, [_noisy("behind", i) for i in range(0, 41)]),
+            }
+        )
+        assert await service.check_staleness() == []
+        # The price: silence is judged on the slowest partition's time, so "ahead" is found
+        # silent only once that time passes its last reading (here after 700 s of nothing).
+        clock.now_us += 700_000_000
+        stale = await service.check_staleness()
+    assert sorted(a.device_id for a in stale) == ["ahead", "behind"]
