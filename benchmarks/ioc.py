@@ -277,6 +277,9 @@ async def scratch_centre(
             group_id=f"bench-ioc-{uid}",
             port=0,
             tick_s=3600.0,
+            # No pulses or metrics reads: the run times alert ingest and event fan-out alone.
+            status_s=3600.0,
+            pipeline_urls={},
             ws_queue_size=plan.ws_queue_size,
             pg_jit=jit,
         )
@@ -396,7 +399,9 @@ async def _worker_loop(conn: Connection) -> None:
 async def _read(ws: ClientConnection, arrivals: list[tuple[int, float]]) -> None:
     async for raw in ws:
         t = time.monotonic()
-        arrivals.append((int(json.loads(raw)["id"]), t))
+        message = json.loads(raw)
+        if "id" in message:  # pulses are unnumbered (and off during the run anyway)
+            arrivals.append((int(message["id"]), t))
 
 
 async def _slow_socket(url: str) -> socket.socket:
@@ -455,7 +460,9 @@ async def _fanout_clients(conn: Connection, job: dict[str, Any]) -> dict[str, An
                 async with asyncio.timeout(TIMEOUT_S if finish["slow_dropped"] else 5.0):
                     try:
                         async for raw in slow:
-                            messages.append(json.loads(raw))
+                            message = json.loads(raw)
+                            if message.get("type") != "pulse":
+                                messages.append(message)
                     except ConnectionClosed as exc:
                         code = exc.rcvd.code if exc.rcvd else None
                     else:
@@ -475,7 +482,11 @@ async def _time_connects(job: dict[str, Any]) -> dict[str, Any]:
         t = time.monotonic()
         async with ws_connect(f"{url}&last_event_id={last}", max_size=None, ping_interval=None) as ws:
             first = json.loads(await ws.recv())
-            ids = [int(json.loads(await ws.recv())["id"]) for _ in range(expect)]
+            ids: list[int] = []
+            while len(ids) < expect:
+                message = json.loads(await ws.recv())
+                if "id" in message:
+                    ids.append(int(message["id"]))
             resume_ms.append((time.monotonic() - t) * 1000)
         exact = exact and first == {"type": "resume", "from": last} and ids == list(range(last + 1, last + expect + 1))
         t = time.monotonic()
