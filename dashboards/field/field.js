@@ -548,10 +548,29 @@
 
   // A phone in a dead zone often gets no "offline" event and its socket no close for minutes:
   // ask the centre now and then, and treat no answer as a lost connection.
+  // Past half its life, the token is renewed (a shift outlasts the 8-hour login); the renewal
+  // doubles as the probe. Its own iat/exp say when.
+  function pastHalfLife(token) {
+    try {
+      const c = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+      return Date.now() / 1000 > c.iat + (c.exp - c.iat) / 2;
+    } catch {
+      return false;
+    }
+  }
+
   async function probe() {
     if (!session || !live) return;
     try {
-      await api("GET", "/me"); // a 401 (the token expired) logs out with the reason
+      if (pastHalfLife(session.token)) {
+        const { data } = await api("POST", "/token/refresh");
+        if (session && data && data.access_token) {
+          session = { ...session, token: data.access_token };
+          sessionStorage.setItem(STORE, JSON.stringify(session));
+        }
+      } else {
+        await api("GET", "/me"); // a 401 (the token expired) logs out with the reason
+      }
     } catch (e) {
       if (e.status === 0) drop();
     }
@@ -793,6 +812,7 @@
     get lastEventId() {
       return lastId;
     },
+    probe,
   };
 
   resume();

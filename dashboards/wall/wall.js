@@ -474,12 +474,26 @@ function connect() {
 setInterval(() => {
   if (socket && socket.readyState === WebSocket.OPEN && Date.now() - heard > 3 * pulseS * 1000 + 5000) socket.close();
 }, 1000);
-// A wall is left running for days: renew the token well before it expires (token_ttl_s, 8 h).
-setInterval(async () => {
-  if (!token) return;
-  const r = await fetch("/token/refresh", { method: "POST", headers: { Authorization: `Bearer ${token}` } }).catch(() => null);
-  if (r && r.ok) { token = (await r.json()).access_token; sessionStorage.setItem("cityops-token", token); }
-}, 30 * 60 * 1000);
+// A wall is left running for days: renew the token at half its life (token_ttl_s, 8 h), so
+// that a reconnect at any hour is let in. The token's own iat/exp say when.
+function tokenTimes(t) {
+  try {
+    const claims = JSON.parse(atob(t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    return { iat: claims.iat * 1000, exp: claims.exp * 1000 };
+  } catch { return null; }
+}
+let renewal = null;
+function scheduleRenewal() {
+  clearTimeout(renewal);
+  const times = token && tokenTimes(token);
+  if (!times) return;
+  const at = times.iat + (times.exp - times.iat) / 2;
+  renewal = setTimeout(async () => {
+    const r = await fetch("/token/refresh", { method: "POST", headers: { Authorization: `Bearer ${token}` } }).catch(() => null);
+    if (r && r.ok) { token = (await r.json()).access_token; sessionStorage.setItem("cityops-token", token); }
+    scheduleRenewal();
+  }, Math.max(1000, Math.min(at - Date.now(), 2 ** 31 - 1)));
+}
 // Resolved and closed incidents stay in the feed's memory until midnight only.
 function pruneClosed() {
   const midnight = new Date().setHours(0, 0, 0, 0);
@@ -505,6 +519,7 @@ $("loginform").onsubmit = async (e) => {
   if (!r.ok) { showLogin((await r.json()).detail); return; }
   token = (await r.json()).access_token;
   sessionStorage.setItem("cityops-token", token);
+  scheduleRenewal();
   $("login").style.display = "none";
   whoami();
   connect();
@@ -518,5 +533,5 @@ setInterval(() => {  // clock, ages and SLA countdowns
   renderIncidents();
 }, 1000);
 initMap();
-if (token) whoami();
+if (token) { whoami(); scheduleRenewal(); }
 connect();

@@ -25,13 +25,15 @@ from playwright.async_api import (
     expect,
 )
 
+from cityops.contracts import Topics
 from cityops.registry import Device
+from cityops.stack import Stack
 from ioc import ApiServer
 from ioc.centre import Centre
 from ioc.clock import ManualClock
 from tests.dashboards.conftest import ARTIFACTS
 from tests.helpers import eventually
-from tests.ioc.conftest import alert, centre_of, insert_readings, token
+from tests.ioc.conftest import alert, centre_of, insert_readings, ioc_settings, token
 
 PHONE: dict[str, Any] = {
     "viewport": {"width": 390, "height": 844},
@@ -397,3 +399,34 @@ async def test_the_page_shows_what_went_wrong_and_keeps_the_session(
     await expect(page.locator("#login")).to_be_visible()
     await expect(page.locator("#app")).to_be_hidden()
     p.check()
+
+
+async def test_a_shift_outlives_the_login(
+    stack: Stack, topics: Topics, database: str, uid: str, browser: Browser
+) -> None:
+    """Tokens last 4 s here (8 h in use): past half its life the page renews its token, so a
+    reload after the first one expired keeps the crew logged in."""
+    async with ApiServer(ioc_settings(topics, database, uid, token_ttl_s=4)) as server:
+        context = await browser.new_context(**PHONE)
+        try:
+            page = await context.new_page()
+            await page.goto(f"{server.url}/field/")
+            await _log_in(page, "crew-w1")
+            await page.wait_for_function("() => window.cityopsField.socket?.readyState === 1", timeout=WAIT_MS)
+            stored = "() => JSON.parse(sessionStorage.getItem('cityops.field')).token"
+            first = await page.evaluate(stored)
+            claims = "t => JSON.parse(atob(t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')))"
+            await page.wait_for_function(
+                f"t => Date.now() / 1000 > ({claims})(t).iat + 2.2", arg=first, timeout=WAIT_MS
+            )
+            await page.evaluate("() => window.cityopsField.probe()")
+            renewed = await page.evaluate(stored)
+            assert renewed and renewed != first
+            await page.wait_for_function(
+                f"t => Date.now() / 1000 > ({claims})(t).exp + 0.5", arg=first, timeout=WAIT_MS
+            )
+            await page.reload()
+            await expect(page.locator("#app")).to_be_visible(timeout=WAIT_MS)
+            await expect(page.locator("#login")).to_be_hidden()
+        finally:
+            await context.close()

@@ -68,3 +68,29 @@ async def test_live_alerts_lost_connection_and_catch_up(
         await page.screenshot(path=str(ARTIFACTS / "wall.png"))
     finally:
         await server.stop()
+
+
+async def test_a_wall_left_running_outlives_its_login(
+    stack: Stack, topics: Topics, database: str, uid: str, browser: Browser
+) -> None:
+    """Tokens last 6 s here (8 h in use): the wall renews its own at half-life, so a reconnect
+    after the first token expired is let in instead of landing on the login form."""
+    page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+    async with ApiServer(ioc_settings(topics, database, uid, token_ttl_s=6)) as server:
+        await page.goto(f"{server.url}/")
+        await page.fill("#username", "viewer")
+        await page.fill("#password", "viewer")
+        await page.click("#loginform button")
+        await page.wait_for_selector("#state:text('live')", timeout=10_000)
+        first = await page.evaluate("() => sessionStorage.getItem('cityops-token')")
+        await page.wait_for_function(f"() => sessionStorage.getItem('cityops-token') !== {first!r}", timeout=10_000)
+        # Past the first token's expiry, the connection drops: the renewed token gets back in.
+        await page.wait_for_function(
+            "t => Date.now() / 1000 > JSON.parse(atob(t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))).exp + 1",
+            arg=first,
+            timeout=15_000,
+        )
+        await page.evaluate("() => window.cityopsDropConnection()")
+        await page.wait_for_selector("#state.lost", timeout=5_000)
+        await page.wait_for_selector("#state:text('live')", timeout=10_000)
+        assert not await page.locator("#login").is_visible()
