@@ -1,7 +1,7 @@
 // The wall follows /ws/wall: a snapshot of everything, then numbered events. On any disconnect
 // it says so at once (the screen greys out: no stale data shown as live) and reconnects with the
 // last event id it applied, so the server replays exactly what it missed; if it cannot, it sends
-// a new snapshot. The map needs no internet: district outlines come with the snapshot, and tiles
+// a new snapshot. The map needs no internet: district outlines come from GET /map, and tiles
 // only when the deployment configured a tile URL.
 "use strict";
 const $ = (id) => document.getElementById(id);
@@ -60,6 +60,15 @@ function initMap() {
   for (const name of ["tiles", "outlines", "areas", "devices", "incidents", "crews"]) layers[name] = L.layerGroup().addTo(m);
   m.setView([0, 0], 2);
   addEventListener("resize", () => m.invalidateSize());
+}
+// The outlines and tile settings, once per login: they hardly change.
+async function loadMap() {
+  try {
+    state.map = await api("/map");
+    setMapConfig(state.map, state.map.outlines);
+  } catch (err) {
+    setTimeout(loadMap, 5000);
+  }
 }
 function setMapConfig(config, outlines) {
   initMap();
@@ -403,7 +412,7 @@ function apply(m) {
     state.vitals = m.vitals; state.pipeline = m.pipeline; state.areas = m.maintenance_areas || [];
     for (const mk of markers.devices.values()) mk.remove();
     markers.devices.clear();
-    setMapConfig(m.map, m.outlines);
+    if (state.map) setMapConfig(state.map, state.map.outlines);  // refit to the devices
   } else if (m.type === "incident") {
     const known = state.incidents.get(m.incident.incident_id);
     m.incident._freshUntil = known ? known._freshUntil : Date.now() + 2500;
@@ -520,6 +529,7 @@ $("loginform").onsubmit = async (e) => {
   token = (await r.json()).access_token;
   sessionStorage.setItem("cityops-token", token);
   scheduleRenewal();
+  loadMap();
   $("login").style.display = "none";
   whoami();
   connect();
@@ -533,5 +543,5 @@ setInterval(() => {  // clock, ages and SLA countdowns
   renderIncidents();
 }, 1000);
 initMap();
-if (token) { whoami(); scheduleRenewal(); }
+if (token) { whoami(); scheduleRenewal(); loadMap(); }
 connect();

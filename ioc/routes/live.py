@@ -28,7 +28,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from cityops.lifecycle import race
-from ioc import city, dispatch, kpis, maintenance, metrics
+from ioc import dispatch, maintenance, metrics
 from ioc.auth import Permission, Principal
 from ioc.centre import Centre
 from ioc.errors import RequestError
@@ -86,11 +86,10 @@ async def wall_snapshot(c: Centre, unit: Unit) -> dict[str, Any]:
         "alerts": alerts,
         "crews": await dispatch.crews(unit, c.settings),
         "maintenance": await maintenance.current(unit),
-        "kpis": await kpis.compute(unit, c.settings),
-        "outlines": await city.outlines(unit),
-        "map": {"tile_url": c.settings.map_tile_url, "attribution": c.settings.map_attribution},
         "pulse_s": c.settings.status_s,
-        **{k: v for k, v in (await c.city_status(unit)).items() if k != "kpis"},
+        # Devices, vital signs, pipeline, KPIs, maintenance areas. The map's outlines are not
+        # here: they hardly change, so screens read GET /map once instead of at every connect.
+        **await c.city_status(unit),
     }
 
 
