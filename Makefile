@@ -35,6 +35,7 @@ prometheus:
 lint: $(BIN)/cityops
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 stack-up: $(BIN)/cityops
 	$(BIN)/cityops stack up

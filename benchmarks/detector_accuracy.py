@@ -97,7 +97,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cityops.contracts import GroundTruth, TruthCategory, to_us
+from cityops.core.contracts import GroundTruth, TruthCategory, to_us
 from firmware_sim import Simulation, build_city, load
 from firmware_sim.scenario import INCIDENTS
 from firmware_sim.scoring import AlertPoint, Score, score

@@ -20,8 +20,8 @@ import msgspec
 import orjson
 from rich.progress import track
 
-from cityops import contracts
-from cityops.contracts import Alert, Reading
+from cityops.core import contracts
+from cityops.core.contracts import Alert, Reading
 
 READING = Reading(
     device_id="lamp-0042",

@@ -71,10 +71,10 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from benchmarks._figures import Figure
-from cityops import log, schema
-from cityops.contracts import Alert, DeviceKind, now_us
-from cityops.registry import Device
-from cityops.stack import Stack, StackSettings
+from cityops.core import log, schema
+from cityops.core.contracts import Alert, DeviceKind, now_us
+from cityops.core.registry import Device
+from cityops.devstack import Stack, StackSettings
 from ioc import ApiServer, IocSettings
 from ioc.centre import Centre
 from ioc.events import WALL

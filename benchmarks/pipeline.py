@@ -23,10 +23,10 @@ import psycopg
 import websockets
 from rich.console import Console
 
-from cityops import schema
-from cityops.contracts import DeviceKind, Topics
-from cityops.kafka import ensure_topics
-from cityops.stack import Stack, StackSettings
+from cityops.core import schema
+from cityops.core.contracts import DeviceKind, Topics
+from cityops.core.kafka import ensure_topics
+from cityops.devstack import Stack, StackSettings
 from firmware_sim import EventKind, Scenario, Scheduled, SimSettings, Simulator, build_city
 from firmware_sim.scenario import CityConfig, DeviceClass, Truth
 from gateway import Gateway, GatewaySettings

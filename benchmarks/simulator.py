@@ -43,12 +43,12 @@ from typing import Literal
 from rich.console import Console
 from rich.status import Status
 
-from cityops import log
-from cityops.contracts import DeviceKind, PayloadFormat, now_us
-from cityops.registry import Device
-from cityops.stack.mosquitto import Mosquitto
+from cityops.core import log
+from cityops.core.contracts import DeviceKind, PayloadFormat, now_us
+from cityops.core.registry import Device
+from cityops.devstack.mosquitto import Mosquitto
 from firmware_sim import Scenario, SimSettings, Simulator, Stats, build_city
-from firmware_sim.city import City
+from firmware_sim.layout import City
 from firmware_sim.links import Link
 from firmware_sim.scenario import CityConfig, Concentrator, DeviceClass, Firmware, Truth
 
@@ -122,7 +122,9 @@ def private_broker(devices: list[Device], settings: SimSettings) -> Iterator[Mos
     state.chmod(0o755)  # as root, the broker drops to the mosquitto user
     broker = Mosquitto(state, "127.0.0.1", _free_port())
     try:
-        broker.write_credentials(devices, fleet_secret=settings.fleet_secret, gateway_user="gw", gateway_password="gw")
+        broker.write_credentials(
+            devices, fleet_secret=settings.fleet_secret.get_secret_value(), gateway_user="gw", gateway_password="gw"
+        )
         broker.start()
         yield broker
     finally:

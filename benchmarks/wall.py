@@ -6,7 +6,7 @@ Both read the one-minute rollup, so they are measured on a city of ``--devices``
 ``--metrics`` series each and ``--history-min`` minutes of rollup rows (native storage, in a
 database created and dropped here), side by side:
 
-1. the status check with the rollup's ``bucket`` index (``cityops/schema.py``), and without it
+1. the status check with the rollup's ``bucket`` index (``cityops/core/schema.py``), and without it
    (dropped for the run): the index is what keeps the check from reading the whole rollup;
 2. a wall screen's snapshot over a real WebSocket: time from connecting to the whole snapshot,
    and its size;
@@ -37,10 +37,10 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks._figures import Figure
-from cityops import schema
-from cityops.contracts import DeviceKind
-from cityops.registry import Device
-from cityops.settings import CommonSettings
+from cityops.core import schema
+from cityops.core.contracts import DeviceKind
+from cityops.core.registry import Device
+from cityops.core.settings import DatabaseSettings
 from ioc import ApiServer, IocSettings
 from ioc.centre import Centre
 from ioc.events import jsonable
@@ -112,7 +112,7 @@ async def snapshot(server: ApiServer, repeats: int) -> tuple[float, int]:
 
 
 async def run(args: argparse.Namespace) -> list[Figure]:
-    base = CommonSettings().pg_dsn
+    base = DatabaseSettings().pg_dsn
     uid = uuid.uuid4().hex[:8]
     db = f"bench_wall_{uid}"
     async with await psycopg.AsyncConnection.connect(base, autocommit=True) as conn:

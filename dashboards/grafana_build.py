@@ -6,7 +6,7 @@ no PostgreSQL query type, so :class:`Sql` supplies one (the fields Grafana's SQL
 saves in code mode). The committed JSON must equal this module's output, and every query in it
 runs against a database and a Prometheus filled by a simulated city (tests/dashboards/test_grafana.py).
 
-Queries name only relations that both storage paths create (``cityops/schema.py``): on
+Queries name only relations that both storage paths create (``cityops/core/schema.py``): on
 TimescaleDB ``readings_1m``/``readings_1h`` are continuous aggregates, on plain PostgreSQL tables
 with the same columns. For the same reason the datasource leaves Grafana's ``timescaledb``
 switch off: with it on, ``$__timeGroup`` becomes ``time_bucket()``, which plain PostgreSQL lacks.
@@ -35,9 +35,9 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef, DynamicConfig
 from grafana_foundation_sdk.models.geomap import TooltipMode as GeomapTooltipMode
 from grafana_foundation_sdk.models.piechart import PieChartLegendValues, PieChartType
 
-from cityops.contracts import DeviceKind
-from ioc.kpis import MILESTONES
-from ioc.lifecycle import OPEN
+from cityops.core.contracts import KPI_MILESTONES as MILESTONES
+from cityops.core.contracts import OPEN_INCIDENT_STATES as OPEN
+from cityops.core.contracts import DeviceKind
 
 GRAFANA_DIR = Path(__file__).resolve().parent / "grafana"
 OUT = GRAFANA_DIR / "dashboards"
@@ -639,7 +639,7 @@ def device_history() -> Dashboard:
 
 def incidents_and_kpis() -> Dashboard:
     by_severity = [f"count(*) FILTER (WHERE severity = {n}) AS {name}" for n, name in SEVERITIES.items()]
-    # The IOC's own KPI definitions (ioc/kpis.py): every time from detection to the milestone.
+    # The IOC's own KPI definitions (contracts.KPI_MILESTONES): every time from detection to the milestone.
     means = [
         f"avg(extract(epoch FROM {column} - detected_at))::float8 AS {name}_s" for name, column in MILESTONES.items()
     ]

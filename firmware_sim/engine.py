@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from cityops.contracts import METRICS, DeviceKind, GroundTruth
+from cityops.core.contracts import METRICS, DeviceKind, GroundTruth
 from firmware_sim import events as ev
-from firmware_sim.city import City, Fleet
+from firmware_sim.layout import City, Fleet
 from firmware_sim.scenario import Scenario
 from firmware_sim.signals import Signals
 

@@ -1,6 +1,6 @@
 """Incidents and sensor faults: planning them from the scenario, and what they do to signals.
 
-Every event becomes a :class:`~cityops.contracts.GroundTruth`: the devices and metrics it
+Every event becomes a :class:`~cityops.core.contracts.GroundTruth`: the devices and metrics it
 changes and when, so detection can be scored against it. Events are planned an epoch at a
 time from the seed; an event ends inside the epoch it starts in.
 """
@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from cityops.contracts import METRICS, DeviceKind, GroundTruth, TruthCategory
+from cityops.core.contracts import METRICS, DeviceKind, GroundTruth, TruthCategory
 from firmware_sim import noise
-from firmware_sim.city import City
 from firmware_sim.errors import ScenarioError
 from firmware_sim.hydraulics import HydraulicRun, Leak
+from firmware_sim.layout import City
 from firmware_sim.scenario import INCIDENTS, EventKind, Scenario, Scheduled
 from firmware_sim.signals import SCALE, Signals
 

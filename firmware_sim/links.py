@@ -15,15 +15,14 @@ number and storage absorbs it. Messages dropped from a full outbox are lost (cou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections import deque
 from dataclasses import dataclass, field
 
-import aiomqtt
-
-from cityops import log
-from cityops.lifecycle import AsyncService
+from cityops.core import log
+from cityops.core.aio import AsyncService
+from cityops.core.errors import BrokerError
+from cityops.core.mqtt import MqttConfig, MqttSession
 
 _log = log.get("sim.link")
 
@@ -98,32 +97,40 @@ class Link(AsyncService):
         await self._up.wait()
 
     async def run(self) -> None:
-        """Connect, publish the outbox as it fills, reconnect on failure; until cancelled."""
+        """Connect, publish the outbox as it fills, reconnect on failure; until cancelled.
+
+        A refused connection (revoked or wrong credentials) is retried too, as field hardware
+        does, but only every ``backoff_max_s``: hammering the broker cannot make it accept."""
         attempt = 0
+        session_config = MqttConfig(
+            self.config.host,
+            self.config.port,
+            username=self.username,
+            password=self._password,
+            client_id=self._client_id,
+            clean_session=False,
+            keepalive_s=10,
+        )
         while True:
             try:
-                async with aiomqtt.Client(
-                    self.config.host,
-                    self.config.port,
-                    username=self.username,
-                    password=self._password,
-                    identifier=self._client_id,
-                    clean_session=False,
-                    keepalive=10,
-                ) as client:
+                async with MqttSession(session_config) as session:
                     if attempt:
                         self._stats.reconnects += 1
                     attempt = 0
                     self._set_connected(True)
                     try:
-                        await self._drain(client)
+                        await self._drain(session)
                     finally:
                         self._set_connected(False)
-            except aiomqtt.MqttError as exc:
-                delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2**attempt)
+            except BrokerError as exc:
+                if exc.retriable:
+                    delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2**attempt)
+                else:
+                    delay = self.config.backoff_max_s
                 delay *= 0.5 + self._rng.random()  # jitter: +-50 %
                 attempt += 1
-                _log.debug("link down", client=self._client_id, error=str(exc), retry_in_s=round(delay, 2))
+                log = _log.debug if exc.retriable else _log.warning
+                log("link down", client=self._client_id, error=str(exc), retry_in_s=round(delay, 2))
                 await asyncio.sleep(delay)
 
     def _set_connected(self, up: bool) -> None:
@@ -135,37 +142,17 @@ class Link(AsyncService):
         else:
             self._up.clear()
 
-    async def _drain(self, client: aiomqtt.Client) -> None:
+    async def _drain(self, session: MqttSession) -> None:
         while True:
             while not self.outbox:
                 self._wake.clear()
                 await self._wake.wait()
             item = self.outbox[0]
-            await self._publish(client, item)
+            # Fails as soon as the connection drops: firmware starts buffering at once.
+            await session.publish(item.topic, item.payload, qos=self.config.qos)
             # The item may have been dropped from a full outbox while we waited for the ack.
             if self.outbox and self.outbox[0] is item:
                 self.outbox.popleft()
                 self.buffered -= item.readings
             self._stats.acked += item.readings
             self._stats.values_acked += item.values
-
-    async def _publish(self, client: aiomqtt.Client, item: Outgoing) -> None:
-        """Publish and wait for the broker's ack, or fail as soon as the connection drops.
-
-        aiomqtt's publish() waits for the ack until its timeout even when the connection is
-        already gone; firmware notices the drop and starts buffering at once.
-        """
-        disconnected = client._disconnected
-        publish = asyncio.ensure_future(client.publish(item.topic, item.payload, qos=self.config.qos))
-        try:
-            await asyncio.wait({publish, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not publish.done():
-                publish.cancel()
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await publish
-        if not publish.done() or publish.cancelled():
-            if disconnected.done() and not disconnected.cancelled():
-                disconnected.exception()  # retrieved: no "never retrieved" warning
-            raise aiomqtt.MqttError("connection lost while waiting for the broker's ack")
-        publish.result()

@@ -6,11 +6,11 @@ from typing import Any
 
 import msgspec
 
-from cityops import senml
-from cityops.contracts import DeviceKind, PayloadFormat, senml_records, to_datetime
+from cityops.core import senml
+from cityops.core.contracts import DeviceKind, PayloadFormat, senml_records, to_datetime
 
 # SenML devices report in registered SenML units where one exists: (unit, factor from the
-# catalogue unit). The gateway converts back (cityops.contracts.SENML_UNITS).
+# catalogue unit). The gateway converts back (cityops.core.contracts.SENML_UNITS).
 DEVICE_UNITS: dict[str, tuple[str, float]] = {
     "pressure_kpa": ("Pa", 1000.0),
     "flow_m3h": ("m3/s", 1 / 3600.0),

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from cityops import log
-from cityops.contracts import to_datetime
+from cityops.core import log
+from cityops.core.contracts import to_datetime
 from firmware_sim.links import Stats
 from firmware_sim.simulator import Simulator
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cityops.contracts import DeviceKind, PayloadFormat
+from cityops.core.contracts import DeviceKind, PayloadFormat
 from firmware_sim.errors import ScenarioError
 
 

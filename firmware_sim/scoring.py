@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from cityops.contracts import GroundTruth, TruthCategory
+from cityops.core.contracts import GroundTruth, TruthCategory
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ async def alerts_from_database(dsn: str, span_us: tuple[int, int]) -> list[Alert
     """The alerts the operations centre stored (table ``alerts``) in the span."""
     import psycopg
 
-    from cityops.contracts import to_datetime, to_us
+    from cityops.core.contracts import to_datetime, to_us
 
     lo, hi = span_us
     async with await psycopg.AsyncConnection.connect(dsn) as conn:

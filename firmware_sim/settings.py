@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from cityops.settings import CommonSettings
+from cityops.core.settings import DEVELOPMENT_FLEET_SECRET, CommonSettings, shared
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
@@ -18,6 +19,10 @@ class SimSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="CITYOPS_SIM_")
 
     scenario: Path = SCENARIOS / "demo.toml"
+    # Device MQTT passwords are HMAC(fleet_secret, device_id): the broker's password file (written
+    # by the stack or `cityops provision`) and the simulated devices derive the same credentials
+    # without a credentials file. Read from CITYOPS_FLEET_SECRET, which the stack reads too.
+    fleet_secret: SecretStr = Field(SecretStr(DEVELOPMENT_FLEET_SECRET), validation_alias=shared("fleet_secret"))
     # How often the simulated clock advances and due readings are generated.
     tick_s: float = 0.1
     # At the end of a run, how long to wait for buffered readings to be acknowledged.

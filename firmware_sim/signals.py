@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from cityops.contracts import METRICS, DeviceKind
+from cityops.core.contracts import METRICS, DeviceKind
 from firmware_sim import noise
-from firmware_sim.city import City, Fleet
 from firmware_sim.hydraulics import HydraulicRun
+from firmware_sim.layout import City, Fleet
 from firmware_sim.scenario import Scenario
 
 F64 = npt.NDArray[np.float64]

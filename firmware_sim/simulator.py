@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cityops import log
-from cityops.contracts import (
+from cityops.core import log
+from cityops.core.aio import AsyncService
+from cityops.core.contracts import (
     DeviceKind,
     GroundTruth,
     PayloadFormat,
@@ -36,11 +37,10 @@ from cityops.contracts import (
     to_datetime,
     to_us,
 )
-from cityops.lifecycle import AsyncService
-from cityops.registry import device_password
+from cityops.core.registry import device_password
 from firmware_sim import noise
-from firmware_sim.city import City, build_city
 from firmware_sim.engine import Batch, Simulation
+from firmware_sim.layout import City, build_city
 from firmware_sim.links import Link, LinkConfig, Outgoing, Stats
 from firmware_sim.payloads import device_payload, pack_payload
 from firmware_sim.scenario import PlatformFault, Scenario
@@ -111,7 +111,7 @@ class Simulator(AsyncService):
             backoff_max_s=fw.backoff_max_s,
         )
         rng = random.Random(self.scenario.seed)
-        secret = self.settings.fleet_secret
+        secret = self.settings.fleet_secret.get_secret_value()
         self.stats.devices = len(city.devices)
 
         def new_link(account: str, client_id: str) -> int:

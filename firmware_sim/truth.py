@@ -8,9 +8,9 @@ from typing import BinaryIO
 import msgspec
 from aiokafka import AIOKafkaProducer
 
-from cityops.contracts import GroundTruth, encode
-from cityops.kafka import make_producer
-from cityops.lifecycle import AsyncService
+from cityops.core.aio import AsyncService
+from cityops.core.contracts import GroundTruth, encode
+from cityops.core.kafka import make_producer
 
 _json = msgspec.json.Encoder()
 

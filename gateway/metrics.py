@@ -1,6 +1,6 @@
 from prometheus_client import Counter, Gauge, Histogram
 
-from cityops.metrics import LATENCY_BUCKETS
+from cityops.core.metrics import LATENCY_BUCKETS
 
 MESSAGES_IN = Counter("cityops_gateway_messages_in_total", "MQTT messages received")
 READINGS_OUT = Counter("cityops_gateway_readings_out_total", "Readings forwarded to Kafka")

@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import aiomqtt
 from aiokafka import AIOKafkaProducer
 
-from cityops import log
-from cityops.contracts import MQTT_READINGS_FILTER, DeadLetter, encode, now_us
-from cityops.kafka import make_producer
-from cityops.lifecycle import AsyncService
-from cityops.metrics import MetricsServer
-from cityops.registry import RegistryFile
+from cityops.core import log
+from cityops.core.aio import AsyncService
+from cityops.core.contracts import MQTT_READINGS_FILTER, DeadLetter, encode, now_us
+from cityops.core.errors import CityopsError
+from cityops.core.kafka import make_producer
+from cityops.core.metrics import MetricsServer
+from cityops.core.mqtt import Inbound, MqttConfig, MqttSession
+from cityops.core.registry import RegistryFile
 from gateway import metrics
 from gateway.errors import GatewayError, PayloadError
 from gateway.sequence import SequenceTracker
@@ -29,7 +30,7 @@ from gateway.validation import Limits, validate
 
 _log = log.get("gateway")
 
-Ack = tuple[int, int, list["asyncio.Future[object]"], int]
+Ack = tuple[Inbound, list["asyncio.Future[object]"], int]
 
 
 class Gateway(AsyncService):
@@ -41,7 +42,7 @@ class Gateway(AsyncService):
         )
         self._topics = settings.topics
         self._producer: AIOKafkaProducer | None = None
-        self._mqtt: aiomqtt.Client | None = None
+        self._mqtt: MqttSession | None = None
         self._metrics: MetricsServer | None = None
         self._sequences = SequenceTracker()
         # Concentrators speak for devices; the registry says which.
@@ -55,18 +56,19 @@ class Gateway(AsyncService):
             await self._metrics.start()
         self._producer = make_producer(s.kafka_bootstrap, client_id=s.mqtt_client_id, linger_ms=s.kafka_linger_ms)
         await self._producer.start()
-        self._mqtt = aiomqtt.Client(
-            s.mqtt_host,
-            s.mqtt_port,
-            username=s.gateway_mqtt_user,
-            password=s.gateway_mqtt_password,
-            identifier=s.mqtt_client_id,
-            clean_session=s.mqtt_clean_session,
+        # Acknowledged to the broker only once Kafka has what was made of a message (see above).
+        self._mqtt = MqttSession(
+            MqttConfig(
+                s.mqtt_host,
+                s.mqtt_port,
+                username=s.mqtt_user,
+                password=s.mqtt_password.get_secret_value(),
+                client_id=s.mqtt_client_id,
+                clean_session=s.mqtt_clean_session,
+                manual_ack=True,
+            )
         )
-        # aiomqtt acknowledges QoS 1 messages as soon as they arrive, before we have forwarded
-        # them: a crash would lose them. Acknowledge manually, after Kafka has them.
-        self._mqtt._client.manual_ack_set(True)
-        await self._mqtt.__aenter__()
+        await self._mqtt.start()
         await self._mqtt.subscribe(MQTT_READINGS_FILTER, qos=1)
         _log.info(
             "gateway started", mqtt=f"{s.mqtt_host}:{s.mqtt_port}", kafka=s.kafka_bootstrap, topic=self._topics.readings
@@ -79,10 +81,7 @@ class Gateway(AsyncService):
 
     async def stop(self) -> None:
         if self._mqtt is not None:
-            try:
-                await self._mqtt.__aexit__(None, None, None)
-            except aiomqtt.MqttError:
-                pass
+            await self._mqtt.stop()
             self._mqtt = None
         if self._producer is not None:
             await self._producer.stop()
@@ -97,16 +96,15 @@ class Gateway(AsyncService):
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._acknowledge())
-                async for message in self._mqtt.messages:
+                async for message in self._mqtt.messages():
                     await self._handle(message)
-        except* GatewayError as group:
+        except* CityopsError as group:
             raise group.exceptions[0] from None
 
-    async def _handle(self, message: aiomqtt.Message) -> None:
+    async def _handle(self, message: Inbound) -> None:
         assert self._producer is not None
         metrics.MESSAGES_IN.inc()
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-        topic = message.topic.value
+        payload, topic = message.payload, message.topic
         now = self._clock()
         sends: list[asyncio.Future[object]] = []
         device_ts = now
@@ -128,7 +126,7 @@ class Gateway(AsyncService):
                 reason = "rejected: " + "; ".join(outcome.rejected)
                 sends.append(await self._dead_letter(reason, topic, payload, now))
                 metrics.DEAD_LETTERS.labels("metric").inc()
-        await self._acks.put((message.mid, message.qos, sends, device_ts))
+        await self._acks.put((message, sends, device_ts))
         metrics.IN_FLIGHT.set(self._acks.qsize())
 
     async def _dead_letter(self, reason: str, topic: str, payload: bytes, now: int) -> asyncio.Future[object]:
@@ -149,14 +147,15 @@ class Gateway(AsyncService):
         """Ack MQTT messages in arrival order once Kafka has everything made of them."""
         assert self._mqtt is not None
         while True:
-            mid, qos, sends, device_ts = await self._acks.get()
+            message, sends, device_ts = await self._acks.get()
             try:
                 for send in sends:
                     await send
             except Exception as exc:
                 metrics.ERRORS.inc()
-                raise GatewayError(f"Kafka did not accept a forwarded message: {exc!r}") from exc
-            if qos > 0:
-                self._mqtt._client.ack(mid, qos)
+                # aiokafka's errors say whether the broker may accept the send later.
+                retriable = bool(getattr(exc, "retriable", False))
+                raise GatewayError(f"Kafka did not accept a forwarded message: {exc!r}", retriable=retriable) from exc
+            self._mqtt.ack(message)
             metrics.LATENCY.observe(max(0.0, (self._clock() - device_ts) / 1e6))
             metrics.IN_FLIGHT.set(self._acks.qsize())

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from cityops.settings import GATEWAY_METRICS_PORT, CommonSettings
+from cityops.core.settings import (
+    DEVELOPMENT_GATEWAY_PASSWORD,
+    DEVELOPMENT_GATEWAY_USER,
+    GATEWAY_METRICS_PORT,
+    CommonSettings,
+)
 
 
 class GatewaySettings(CommonSettings):
@@ -13,6 +19,9 @@ class GatewaySettings(CommonSettings):
     # A fixed client id with a persistent session: while the gateway is down the broker keeps
     # its subscription and queues QoS 1 messages for it (up to max_queued_messages).
     mqtt_client_id: str = "cityops-gateway-1"
+    # The gateway's own broker account (the broker's ACL lets it read every device's topic).
+    mqtt_user: str = DEVELOPMENT_GATEWAY_USER
+    mqtt_password: SecretStr = SecretStr(DEVELOPMENT_GATEWAY_PASSWORD)
     mqtt_clean_session: bool = False
     # Messages forwarded to Kafka but not yet acknowledged by it; MQTT acks wait for Kafka.
     max_in_flight: int = 1_000

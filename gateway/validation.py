@@ -1,6 +1,6 @@
-"""Validation and normalisation of device messages into :class:`~cityops.contracts.Reading`.
+"""Validation and normalisation of device messages into :class:`~cityops.core.contracts.Reading`.
 
-Three payload formats are accepted (:class:`~cityops.contracts.PayloadFormat`): the cityops
+Three payload formats are accepted (:class:`~cityops.core.contracts.PayloadFormat`): the cityops
 JSON object (one reading), and SenML packs in JSON or CBOR (any number of readings, of one
 device on a device topic, of many on a concentrator's topic). Whatever is valid in a message
 is kept; what is not is listed in ``Outcome.rejected`` and goes to the dead-letter topic.
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from cityops import senml
-from cityops.contracts import (
+from cityops.core import senml
+from cityops.core.contracts import (
     CONCENTRATOR,
     METRICS,
     SENML_BASE_PREFIX,
@@ -30,7 +30,7 @@ from cityops.contracts import (
     to_datetime,
     to_us,
 )
-from cityops.registry import Device
+from cityops.core.registry import Device
 from gateway.errors import PayloadError
 
 _payload_decoder = msgspec.json.Decoder(DevicePayload)

@@ -17,10 +17,10 @@ import psycopg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError
 
-from cityops import log
-from cityops.contracts import Alert, decode_alert, now_us, to_datetime
-from cityops.kafka import make_consumer
-from cityops.lifecycle import AsyncService
+from cityops.core import log
+from cityops.core.aio import AsyncService
+from cityops.core.contracts import Alert, decode_alert, now_us, to_datetime
+from cityops.core.kafka import make_consumer
 from ioc import metrics
 from ioc.settings import IocSettings
 

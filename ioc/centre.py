@@ -13,10 +13,10 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from cityops import log, schema
-from cityops.contracts import Alert
-from cityops.lifecycle import AsyncService, race
-from ioc import city, db, kpis, maintenance
+from cityops.core import log, schema
+from cityops.core.aio import AsyncService, race
+from cityops.core.contracts import Alert
+from ioc import db, kpis, maintenance, situation
 from ioc.alerts import AlertFeed
 from ioc.auth import Tokens, hash_password, signing_secret
 from ioc.clock import Clock, utcnow
@@ -100,12 +100,12 @@ class Centre(AsyncService):
 
     async def city_status(self, unit: Unit) -> dict[str, Any]:
         """Every device's state, the vital signs and the pipeline's last known health."""
-        devices = await city.devices(unit, self.settings)
+        devices = await situation.devices(unit, self.settings)
         return {
             "devices": devices,
-            "vitals": await city.vitals(unit, self.settings, devices),
+            "vitals": await situation.vitals(unit, self.settings, devices),
             "pipeline": self.pipeline.latest,
-            "maintenance_areas": await city.maintenance_areas(unit),
+            "maintenance_areas": await situation.maintenance_areas(unit),
             "kpis": await kpis.compute(unit, self.settings),
         }
 

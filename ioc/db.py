@@ -1,4 +1,4 @@
-"""The IOC's own tables, next to the shared schema (``cityops.schema``) that holds alerts and readings.
+"""The IOC's own tables, next to the shared schema (``cityops.core.schema``) that holds alerts and readings.
 
 Times are ``timestamptz``; positions are ``geography`` (WGS 84) so that PostGIS measures metres.
 Escalation deadlines live in ``incidents`` itself, so a restarted service picks them up.

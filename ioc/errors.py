@@ -1,6 +1,20 @@
-"""IOC errors. Those raised by a request map to 4xx answers in ``ioc.app``."""
+"""IOC errors. Those raised by a request map to 4xx answers in ``ioc.app``.
 
-from cityops.errors import CityopsError
+::
+
+    CityopsError                 cityops.core.errors
+    └── IocError                 the IOC service cannot go on (start-up failed, the centre died)
+        └── RequestError         400: a request that cannot be served as asked
+            ├── NotFound         404
+            ├── Forbidden        403
+            └── Conflict         409: the incident or job is not in a state that allows it
+                └── TransitionRefused   409, with the allowed target states
+
+None is retriable as it is: a request error needs a different request; a 409 needs the
+client to read the incident again (its ``version``) and decide anew.
+"""
+
+from cityops.core.errors import CityopsError
 
 
 class IocError(CityopsError):

@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from cityops import log
-from cityops.contracts import Alert, to_datetime
+from cityops.core import log
+from cityops.core.contracts import Alert, to_datetime
 from ioc import cap, correlation, dispatch, metrics
 from ioc.alerts import alert_json, store
 from ioc.auth import SYSTEM, Permission, Principal, Role
@@ -19,8 +19,8 @@ from ioc.clock import Clock
 from ioc.correlation import Category, Draft, Signal
 from ioc.errors import Conflict, Forbidden, NotFound, RequestError
 from ioc.events import SUPERVISOR, WALL, EventLog, Unit, crew_channel
-from ioc.lifecycle import CREW_STATES, OPEN, State, check
 from ioc.settings import Environment, IocSettings
+from ioc.transitions import CREW_STATES, OPEN, State, check
 
 _log = log.get("ioc.incidents")
 

@@ -11,17 +11,12 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from cityops.core.contracts import KPI_MILESTONES
 from ioc import metrics
 from ioc.events import Unit
 from ioc.settings import IocSettings
 
-MILESTONES = {
-    "detect": "opened_at",
-    "acknowledge": "acknowledged_at",
-    "dispatch": "dispatched_at",
-    "arrive": "arrived_at",
-    "resolve": "resolved_at",
-}
+MILESTONES = KPI_MILESTONES
 
 _MEANS = ", ".join(
     f"avg(extract(epoch FROM {col} - detected_at))::float8 AS {name}_s, count({col}) AS {name}_n"

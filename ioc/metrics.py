@@ -1,6 +1,6 @@
 from prometheus_client import Counter, Gauge, Histogram
 
-from cityops.metrics import LATENCY_BUCKETS
+from cityops.core.metrics import LATENCY_BUCKETS
 
 ALERTS_IN = Counter("cityops_ioc_alerts_in_total", "Alerts consumed from Kafka")
 ALERTS_NEW = Counter("cityops_ioc_alerts_stored_total", "Alerts stored for the first time")

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from cityops import log
-from cityops.lifecycle import AsyncService
+from cityops.core import log
+from cityops.core.aio import AsyncService
 
 _log = log.get("ioc")
 

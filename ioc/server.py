@@ -6,7 +6,8 @@ import asyncio
 
 import uvicorn
 
-from cityops.lifecycle import AsyncService
+from cityops.core.aio import AsyncService
+from cityops.core.errors import is_retriable
 from ioc.app import create_app
 from ioc.auth import Principal, Role
 from ioc.centre import Centre
@@ -49,10 +50,11 @@ class ApiServer(AsyncService):
         assert self._task is not None and self._server is not None
         runner: asyncio.Task[None] = self.app.state.runner
         await asyncio.wait({self._task, runner}, return_when=asyncio.FIRST_COMPLETED)
-        if runner.done() and not runner.cancelled() and runner.exception() is not None:
-            error = runner.exception()
+        error = runner.exception() if runner.done() and not runner.cancelled() else None
+        if error is not None:
             await self.stop()
-            raise IocError(f"operations centre failed: {error!r}") from error
+            # Retriable when its cause is (Kafka or the database went away): the supervisor restarts.
+            raise IocError(f"operations centre failed: {error!r}", retriable=is_retriable(error)) from error
         await self._task
 
     async def stop(self) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from cityops.settings import API_PORT, GATEWAY_METRICS_PORT, STREAM_METRICS_PORT, CommonSettings
+from cityops.core.settings import API_PORT, GATEWAY_METRICS_PORT, STREAM_METRICS_PORT, DatabaseSettings
 
 
 class Environment(enum.StrEnum):
@@ -17,7 +17,7 @@ class Environment(enum.StrEnum):
 DEMO_FILE = Path(__file__).with_name("demo.toml")
 
 
-class IocSettings(CommonSettings):
+class IocSettings(DatabaseSettings):
     """IOC API settings: ``CITYOPS_API_<NAME>`` (shared ones: ``CITYOPS_<NAME>``)."""
 
     model_config = SettingsConfigDict(env_prefix="CITYOPS_API_")
@@ -84,8 +84,9 @@ class IocSettings(CommonSettings):
     # Live-event history kept for WebSocket resume.
     events_keep_s: float = 86400.0
 
-    # The city's state on the wall: every ``status_s`` a ``status`` event carries the devices
-    # whose state changed, the vital signs and the pipeline's health (see ioc/city.py).
+    # The city's state on the wall: every ``status_s`` the device states, vital signs and the
+    # pipeline's health are checked, and an unnumbered ``pulse`` event carries the devices whose
+    # state changed with them (see ioc/situation.py and ioc/routes/live.py).
     status_s: float = 10.0
     alerting_s: float = 900.0
     offline_after_s: float = 300.0

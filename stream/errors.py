@@ -1,6 +1,17 @@
-"""Stream-tier errors."""
+"""Stream-tier errors.
 
-from cityops.errors import CityopsError
+::
+
+    CityopsError                 cityops.core.errors
+    └── StreamError              the stream service cannot go on
+        └── ConfigError          a detector profile file is invalid (not retriable: at start the
+                                 service exits; on a reload it keeps the profiles in force)
+
+A database or Kafka that went away ends the run with psycopg's or aiokafka's own error, which
+``cityops.core.errors.is_retriable`` judges (the process exits 75: restart it).
+"""
+
+from cityops.core.errors import CityopsError
 
 
 class StreamError(CityopsError):

@@ -1,6 +1,6 @@
 from prometheus_client import Counter, Gauge, Histogram
 
-from cityops.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
+from cityops.core.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 
 MESSAGES_IN = Counter("cityops_stream_messages_in_total", "Kafka reading messages consumed")
 ROWS_STORED = Counter("cityops_stream_rows_stored_total", "Reading rows newly stored")

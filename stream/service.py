@@ -19,8 +19,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError
 from aiokafka.partitioner import murmur2
 
-from cityops import log
-from cityops.contracts import (
+from cityops.core import log
+from cityops.core.aio import AsyncService
+from cityops.core.contracts import (
     METRICS,
     Alert,
     DeadLetter,
@@ -31,9 +32,8 @@ from cityops.contracts import (
     now_us,
     to_datetime,
 )
-from cityops.kafka import make_consumer, make_producer
-from cityops.lifecycle import AsyncService
-from cityops.metrics import MetricsServer
+from cityops.core.kafka import make_consumer, make_producer
+from cityops.core.metrics import MetricsServer
 from stream import metrics
 from stream.detectors import BOOL, DT, I64, LAST_TS, LAST_X, Detector, DetectorConfig, Kind, Scored, compile_kernels
 from stream.errors import ConfigError

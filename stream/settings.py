@@ -4,11 +4,11 @@ from pathlib import Path
 
 from pydantic_settings import SettingsConfigDict
 
-from cityops.settings import STREAM_METRICS_PORT, CommonSettings
+from cityops.core.settings import STREAM_METRICS_PORT, DatabaseSettings
 from stream.profiles import DEFAULT_FILE
 
 
-class StreamSettings(CommonSettings):
+class StreamSettings(DatabaseSettings):
     """Stream settings: ``CITYOPS_STREAM_<NAME>`` (shared ones: ``CITYOPS_<NAME>``)."""
 
     model_config = SettingsConfigDict(env_prefix="CITYOPS_STREAM_")

@@ -15,9 +15,9 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import psycopg
 
-from cityops import schema
-from cityops.lifecycle import AsyncService
-from cityops.schema import StorageMode
+from cityops.core import schema
+from cityops.core.aio import AsyncService
+from cityops.core.schema import StorageMode
 from stream.detectors import BOOL, F64, I64
 
 _EPOCH_DAY = date(1970, 1, 1)

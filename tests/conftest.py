@@ -3,20 +3,24 @@ database, fresh topic names and freshly registered devices."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from cityops import schema
-from cityops.contracts import Topics
-from cityops.kafka import ensure_topics
-from cityops.registry import Device
-from cityops.stack import Stack, StackSettings
+from cityops.core import schema
+from cityops.core.contracts import Topics
+from cityops.core.kafka import ensure_topics
+from cityops.core.registry import Device
+from cityops.devstack import Stack, StackSettings
+from cityops.devstack.mosquitto import Mosquitto
 from firmware_sim import City, build_city
-from tests.helpers import small_scenario
+from tests.helpers import free_port, small_scenario
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +75,17 @@ def city(stack: Stack, uid: str) -> Iterator[City]:
 @pytest.fixture
 def fleet(city: City) -> list[Device]:
     return city.devices
+
+
+@pytest.fixture
+def broker(stack: Stack) -> Iterator[Mosquitto]:
+    """A private Mosquitto with the project's configuration (the stack installed the binary), for
+    tests that stop and restart it without pulling the shared broker from under other tests."""
+    state = Path(tempfile.mkdtemp(prefix="cityops-broker-"))
+    state.chmod(0o755)  # the broker drops to the mosquitto user
+    instance = Mosquitto(state, "127.0.0.1", free_port())
+    try:
+        yield instance
+    finally:
+        instance.stop()
+        shutil.rmtree(state, ignore_errors=True)

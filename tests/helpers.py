@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 
 import psycopg
 from aiokafka import AIOKafkaConsumer
 
-from cityops.contracts import Alert, DeviceKind
+from cityops.core.contracts import Alert, DeviceKind
 from firmware_sim.scenario import CityConfig, DeviceClass, Scenario, Truth
 
 
@@ -67,7 +68,7 @@ async def count_rows(dsn: str) -> int:
 
 async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
     """Send (key, value) pairs to ``topic`` and wait until Kafka has each."""
-    from cityops.kafka import make_producer
+    from cityops.core.kafka import make_producer
 
     producer = make_producer(bootstrap, client_id="test")
     await producer.start()
@@ -98,3 +99,10 @@ def make_alert(device: str, ts_us: int, seq: int = 1) -> Alert:
         detectors=["ewma", "robust"],
         explanation="pressure_kpa = 510 kPa, expected 420 +- 2.1 kPa by ewma over 60 readings",
     )
+
+
+def free_port() -> int:
+    """A port nothing listens on now (for a private broker, or a connection that must fail)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cityops import settings
-from cityops.stack import StackSettings
+from cityops.core import settings
+from cityops.devstack import StackSettings
 from firmware_sim import SimSettings
 from gateway import GatewaySettings
 from ioc import IocSettings
@@ -58,7 +58,7 @@ def test_every_cityops_variable_is_a_real_setting() -> None:
 def test_services_run_cityops_commands_that_exist() -> None:
     from typer.main import get_command
 
-    from cityops.cli import app
+    from cityops.app.cli import app
 
     commands = set(get_command(app).commands)  # type: ignore[attr-defined]
     for name in ("provision", "gateway", "stream", "api", "sim"):

@@ -15,10 +15,10 @@ import psycopg
 import pytest
 import websockets
 
-from cityops import contracts, schema
-from cityops.contracts import GroundTruth, Topics, mqtt_readings_topic
-from cityops.registry import Device, device_password
-from cityops.stack import Stack
+from cityops.core import contracts, schema
+from cityops.core.contracts import GroundTruth, Topics, mqtt_readings_topic
+from cityops.core.registry import Device, device_password
+from cityops.devstack import Stack
 from firmware_sim import EventKind, Scheduled, SimSettings, Simulator
 from gateway import Gateway, GatewaySettings
 from ioc import ApiServer, IocSettings
@@ -74,7 +74,7 @@ async def test_reading_to_websocket_alert(
                 stack.settings.mqtt_host,
                 stack.settings.mqtt_port,
                 username=pipe.device_id,
-                password=device_password(stack.settings.fleet_secret, pipe.device_id),
+                password=device_password(stack.settings.fleet_secret.get_secret_value(), pipe.device_id),
             ) as c:
                 await c.publish(mqtt_readings_topic(pipe.kind, pipe.device_id), b"\x00 not json", qos=1)
 

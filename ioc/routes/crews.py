@@ -13,8 +13,8 @@ from ioc.correlation import SKILL
 from ioc.errors import NotFound, RequestError
 from ioc.events import WALL
 from ioc.incidents import SELECT_INCIDENT
-from ioc.lifecycle import State
 from ioc.routes.deps import Admin, CentreDep, CrewMember, IncidentId, Reader
+from ioc.transitions import State
 
 router = APIRouter(tags=["crews"])
 

@@ -11,8 +11,8 @@ from ioc import dispatch, evidence
 from ioc.auth import Principal
 from ioc.errors import RequestError
 from ioc.incidents import SELECT_INCIDENT
-from ioc.lifecycle import OPEN, State, allowed
 from ioc.routes.deps import CentreDep, Dispatcher, IncidentId, Reader, allow_any
+from ioc.transitions import OPEN, State, allowed
 
 router = APIRouter(tags=["incidents"])
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from cityops.lifecycle import race
+from cityops.core.aio import race
 from ioc import dispatch, maintenance, metrics
 from ioc.auth import Permission, Principal
 from ioc.centre import Centre
@@ -35,7 +35,7 @@ from ioc.errors import RequestError
 from ioc.events import SUPERVISOR, WALL, Unit, crew_channel, jsonable
 from ioc.hub import RESYNC, Subscriber
 from ioc.incidents import SELECT_INCIDENT
-from ioc.lifecycle import OPEN
+from ioc.transitions import OPEN
 
 router = APIRouter()
 

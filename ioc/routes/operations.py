@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, field_validator
 
-from ioc import city, kpis, maintenance
+from ioc import kpis, maintenance, situation
 from ioc.auth import Principal, Role, Unauthorized, add_user, authenticate
 from ioc.errors import RequestError
 from ioc.routes.deps import Admin, CentreDep, Maintainer, Reader, allow_any
@@ -139,7 +139,7 @@ async def city_map(c: CentreDep, _: Annotated[Principal, Depends(allow_any)]) ->
     """What a map needs without internet: district outlines (GeoJSON), and the tile URL for
     deployments that have tiles (empty: draw the outlines only). Every role: crews too."""
     async with c.events.read() as unit:
-        outlines = await city.outlines(unit)
+        outlines = await situation.outlines(unit)
     return {"tile_url": c.settings.map_tile_url, "attribution": c.settings.map_attribution, "outlines": outlines}
 
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from benchmarks import ioc as bench
-from cityops.stack import Stack
+from cityops.devstack import Stack
 
 FIGURE = re.compile(r"^(?P<name>[a-z0-9_]+): (?P<value>[-+0-9.eE]+|nan) (?P<unit>\S.*)$")
 

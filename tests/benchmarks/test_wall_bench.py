@@ -9,7 +9,7 @@ import re
 import pytest
 
 from benchmarks import wall as bench
-from cityops.stack import Stack
+from cityops.devstack import Stack
 
 FIGURE = re.compile(r"^(?P<name>[a-z0-9_]+): (?P<value>[-+0-9.eE]+) (?P<unit>\S.*)$")
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from playwright.async_api import Browser, Page, Route
 
-from cityops.registry import Device
+from cityops.core.registry import Device
 from ioc import ApiServer
 from ioc.clock import ManualClock
 from tests.dashboards.conftest import ARTIFACTS

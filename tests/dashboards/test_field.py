@@ -25,9 +25,9 @@ from playwright.async_api import (
     expect,
 )
 
-from cityops.contracts import Topics
-from cityops.registry import Device
-from cityops.stack import Stack
+from cityops.core.contracts import Topics
+from cityops.core.registry import Device
+from cityops.devstack import Stack
 from ioc import ApiServer
 from ioc.centre import Centre
 from ioc.clock import ManualClock

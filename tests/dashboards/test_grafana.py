@@ -33,10 +33,10 @@ import pytest
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 
-from cityops import schema
-from cityops.contracts import Topics
-from cityops.kafka import ensure_topics
-from cityops.stack import Stack
+from cityops.core import schema
+from cityops.core.contracts import Topics
+from cityops.core.kafka import ensure_topics
+from cityops.devstack import Stack
 from dashboards import grafana_build
 from firmware_sim import EventKind, Scheduled, SimSettings, Simulator, build_city
 from firmware_sim.scenario import PlatformFault

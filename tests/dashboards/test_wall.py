@@ -6,10 +6,10 @@ import psycopg
 import pytest
 from playwright.async_api import Browser
 
-from cityops import contracts, schema
-from cityops.contracts import DeviceKind, Topics
-from cityops.registry import Device
-from cityops.stack import Stack
+from cityops.core import contracts, schema
+from cityops.core.contracts import DeviceKind, Topics
+from cityops.core.registry import Device
+from cityops.devstack import Stack
 from ioc import ApiServer
 from tests.dashboards.conftest import ARTIFACTS
 from tests.helpers import make_alert, produce

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cityops.contracts import DeviceKind, GroundTruth, to_us
+from cityops.core.contracts import DeviceKind, GroundTruth, to_us
 from firmware_sim import Scenario, Simulation, build_city
 from firmware_sim.scenario import CityConfig, DeviceClass, Truth
 

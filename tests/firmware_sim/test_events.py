@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cityops.contracts import DeviceKind, GroundTruth, TruthCategory
+from cityops.core.contracts import DeviceKind, GroundTruth, TruthCategory
 from firmware_sim import EventKind, Scheduled
 from firmware_sim.errors import ScenarioError
 from firmware_sim.events import FELT_FLOW, FELT_KPA

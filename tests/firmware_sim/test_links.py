@@ -10,45 +10,21 @@ import asyncio
 import contextlib
 import itertools
 import json
-import shutil
-import socket
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
 
 import aiomqtt
 import pytest
 
-from cityops import senml
-from cityops.contracts import MQTT_READINGS_FILTER, DeviceKind, PayloadFormat
-from cityops.stack import Stack
-from cityops.stack.mosquitto import Mosquitto
+from cityops.core import senml
+from cityops.core.contracts import MQTT_READINGS_FILTER, DeviceKind, PayloadFormat
+from cityops.devstack.mosquitto import Mosquitto
 from firmware_sim import Scenario, SimSettings, Simulator, build_city
 from firmware_sim.scenario import DeviceClass, Firmware
 from tests.helpers import eventually, small_scenario
 
 GATEWAY = ("gw", "gw-secret")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def broker(stack: Stack) -> Iterator[Mosquitto]:
-    """A private Mosquitto with the project's configuration (the stack installed the binary)."""
-    state = Path(tempfile.mkdtemp(prefix="cityops-broker-"))
-    state.chmod(0o755)  # the broker drops to the mosquitto user
-    instance = Mosquitto(state, "127.0.0.1", _free_port())
-    try:
-        yield instance
-    finally:
-        instance.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def _scenario(uid: str) -> Scenario:

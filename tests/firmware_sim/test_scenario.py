@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cityops.contracts import DeviceKind
+from cityops.core.contracts import DeviceKind
 from firmware_sim import EventKind, Scenario, build_city, load, with_overrides
 from firmware_sim.errors import ScenarioError
 from firmware_sim.scenario import resolve_start

@@ -8,9 +8,9 @@ from collections.abc import Awaitable
 
 import pytest
 
-from cityops.contracts import GroundTruth, Topics, TruthCategory
-from cityops.registry import Device
-from cityops.stack import Stack
+from cityops.core.contracts import GroundTruth, Topics, TruthCategory
+from cityops.core.registry import Device
+from cityops.devstack import Stack
 from firmware_sim import EventKind, Scheduled, SimSettings, Simulator
 from firmware_sim.scoring import AlertPoint, Score, alerts_from_database, score
 from gateway import Gateway, GatewaySettings

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cityops.contracts import METRICS, DeviceKind
+from cityops.core.contracts import METRICS, DeviceKind
 from firmware_sim.scenario import DeviceClass
 from firmware_sim.signals import local_hours
 from tests.firmware_sim.conftest import HOUR, T0, run, scenario

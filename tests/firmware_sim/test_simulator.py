@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cityops import contracts
-from cityops.contracts import DeviceKind, PayloadFormat, Topics, TruthCategory
-from cityops.registry import Device
-from cityops.stack import Stack
+from cityops.core import contracts
+from cityops.core.contracts import DeviceKind, PayloadFormat, Topics, TruthCategory
+from cityops.core.registry import Device
+from cityops.devstack import Stack
 from firmware_sim import City, PlatformFault, Scenario, SimSettings, Simulator, build_city
 from firmware_sim.scenario import Concentrator, DeviceClass, Truth
 from firmware_sim.truth import read_file

@@ -11,10 +11,10 @@ import aiomqtt
 import pytest
 from aiokafka.errors import KafkaError
 
-from cityops import contracts
-from cityops.contracts import Topics, mqtt_readings_topic
-from cityops.registry import Device, device_password
-from cityops.stack import Stack
+from cityops.core import contracts
+from cityops.core.contracts import Topics, mqtt_readings_topic
+from cityops.core.registry import Device, device_password
+from cityops.devstack import Stack
 from gateway import Gateway, GatewaySettings
 from gateway.errors import GatewayError
 from tests.helpers import read_topic
@@ -36,7 +36,7 @@ def _client(stack: Stack, device: Device) -> aiomqtt.Client:
         stack.settings.mqtt_host,
         stack.settings.mqtt_port,
         username=device.device_id,
-        password=device_password(stack.settings.fleet_secret, device.device_id),
+        password=device_password(stack.settings.fleet_secret.get_secret_value(), device.device_id),
         identifier=f"test-{device.device_id}",
     )
 

@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from cityops.contracts import DeviceKind, to_us
-from cityops.registry import Device
+from cityops.core.contracts import DeviceKind, to_us
+from cityops.core.registry import Device
 from gateway.errors import PayloadError
 from gateway.validation import Limits, validate
 
@@ -86,7 +86,7 @@ SENML = [
 
 
 def _cbor(records: list[dict[str, object]]) -> bytes:
-    from cityops import senml
+    from cityops.core import senml
 
     return senml.dumps_cbor(records)
 

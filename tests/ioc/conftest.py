@@ -9,9 +9,9 @@ import httpx
 import psycopg
 import pytest
 
-from cityops import contracts, schema
-from cityops.contracts import Alert, Topics
-from cityops.registry import Device
+from cityops.core import contracts, schema
+from cityops.core.contracts import Alert, Topics
+from cityops.core.registry import Device
 from ioc import ApiServer, IocSettings
 from ioc.auth import Role
 from ioc.centre import Centre

@@ -18,12 +18,12 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.routing import BaseRoute
 
-from cityops.registry import Device
+from cityops.core.registry import Device
 from ioc import ApiServer, maintenance
 from ioc.auth import SYSTEM, Role
 from ioc.centre import Centre
 from ioc.clock import ManualClock
-from ioc.lifecycle import OPEN, State
+from ioc.transitions import OPEN, State
 from tests.ioc.conftest import USERS, alert, centre_of, token
 
 ROLES = tuple(USERS)  # viewer, operator, dispatcher, admin, crew (crew-w1 of crew W1)

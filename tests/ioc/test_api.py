@@ -11,11 +11,11 @@ import psycopg
 import pytest
 import websockets
 
-from cityops import contracts, schema
-from cityops.contracts import Alert, Topics
-from cityops.kafka import make_producer
-from cityops.registry import Device
-from cityops.stack import Stack
+from cityops.core import contracts, schema
+from cityops.core.contracts import Alert, Topics
+from cityops.core.kafka import make_producer
+from cityops.core.registry import Device
+from cityops.devstack import Stack
 from ioc import ApiServer
 from ioc.errors import IocError
 from tests import helpers

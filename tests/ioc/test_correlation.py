@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from cityops.contracts import DeviceKind, Topics
-from cityops.registry import Device
-from cityops.stack import Stack
+from cityops.core.contracts import DeviceKind, Topics
+from cityops.core.registry import Device
+from cityops.devstack import Stack
 from firmware_sim import SimSettings, Simulator
 from firmware_sim.scenario import DeviceClass, EventKind, Scheduled
 from gateway import Gateway, GatewaySettings
@@ -205,7 +205,7 @@ async def test_a_simulated_cabinet_outage_becomes_one_incident(
 async def _register(dsn: str, devices: list[Device]) -> None:
     import psycopg
 
-    from cityops import schema
+    from cityops.core import schema
 
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await schema.upsert_devices(conn, devices)

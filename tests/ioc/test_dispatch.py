@@ -12,8 +12,8 @@ import httpx
 import psycopg
 import pytest
 
-from cityops import schema
-from cityops.registry import Device
+from cityops.core import schema
+from cityops.core.registry import Device
 from ioc import ApiServer
 from ioc.clock import ManualClock
 from tests.ioc.conftest import alert, centre_of, insert_readings

@@ -21,9 +21,9 @@ import psycopg
 import pytest
 import websockets
 
-from cityops import schema
-from cityops.contracts import DeviceKind, Topics
-from cityops.stack import Stack
+from cityops.core import schema
+from cityops.core.contracts import DeviceKind, Topics
+from cityops.devstack import Stack
 from firmware_sim import SimSettings, Simulator, build_city
 from firmware_sim.scenario import DeviceClass, EventKind, Scheduled
 from gateway import Gateway, GatewaySettings

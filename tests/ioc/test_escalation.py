@@ -10,8 +10,8 @@ import httpx
 import psycopg
 import pytest
 
-from cityops.contracts import Topics
-from cityops.registry import Device
+from cityops.core.contracts import Topics
+from cityops.core.registry import Device
 from ioc import ApiServer
 from ioc.clock import ManualClock
 from tests.helpers import eventually

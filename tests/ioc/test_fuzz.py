@@ -21,12 +21,12 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from cityops.registry import Device
+from cityops.core.registry import Device
 from ioc import ApiServer, maintenance
 from ioc.auth import SYSTEM
 from ioc.clock import ManualClock
-from ioc.lifecycle import State
 from ioc.routes.crews import SKILLS
+from ioc.transitions import State
 from tests.ioc.conftest import USERS, alert, centre_of, token
 
 pytestmark = [

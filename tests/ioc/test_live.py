@@ -28,9 +28,9 @@ from psycopg.rows import dict_row
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from cityops import schema
-from cityops.contracts import Alert, DeviceKind, Topics
-from cityops.registry import Device
+from cityops.core import schema
+from cityops.core.contracts import Alert, DeviceKind, Topics
+from cityops.core.registry import Device
 from ioc import ApiServer
 from ioc.centre import Centre
 from ioc.clock import ManualClock

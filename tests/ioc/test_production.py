@@ -10,7 +10,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from cityops.contracts import Topics
+from cityops.core.contracts import Topics
 from ioc import ApiServer, IocSettings
 from tests.ioc.conftest import ioc_settings
 

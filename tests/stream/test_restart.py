@@ -8,9 +8,9 @@ import asyncio
 import psycopg
 import pytest
 
-from cityops.contracts import Topics
-from cityops.registry import Device
-from cityops.stack import Stack
+from cityops.core.contracts import Topics
+from cityops.core.registry import Device
+from cityops.devstack import Stack
 from firmware_sim import SimSettings, Simulator
 from gateway import Gateway, GatewaySettings
 from stream import StreamService, StreamSettings

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from cityops import contracts
-from cityops.contracts import Reading, Topics
-from cityops.kafka import make_producer
-from cityops.schema import StorageMode
-from cityops.stack import Stack
+from cityops.core import contracts
+from cityops.core.contracts import Reading, Topics
+from cityops.core.kafka import make_producer
+from cityops.core.schema import StorageMode
+from cityops.devstack import Stack
 from stream import StreamService, StreamSettings
 from stream.detectors import Detector, DetectorConfig
 from stream.profiles import DEFAULT_FILE

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from cityops.contracts import to_us
-from cityops.schema import StorageMode
+from cityops.core.contracts import to_us
+from cityops.core.schema import StorageMode
 from stream.store import ReadingStore, Rows
 
 

@@ -1,0 +1,51 @@
+"""A service process says by its exit code whether restarting it can help, and the supervisor
+of ``cityops run`` acts on it. Real gateway processes against the real stack."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from cityops.app.supervisor import MAX_RESTARTS, restart_delay
+from cityops.core.errors import EXIT_FATAL, EXIT_RETRIABLE
+from cityops.devstack import Stack
+from tests.helpers import free_port
+
+
+def _gateway(uid: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cityops", "gateway"],
+        env={
+            **os.environ,
+            "CITYOPS_TOPIC_PREFIX": f"test.{uid}.",
+            "CITYOPS_GATEWAY_MQTT_CLIENT_ID": f"gw-{uid}",
+            "CITYOPS_GATEWAY_METRICS_PORT": "0",
+            "CITYOPS_LOG_FORMAT": "json",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_refused_password_is_fatal(stack: Stack, uid: str) -> None:
+    result = _gateway(uid, CITYOPS_GATEWAY_MQTT_PASSWORD="not-the-password")
+    assert result.returncode == EXIT_FATAL, result.stderr
+    assert '"retriable": false' in result.stderr and "BrokerRefused" in result.stderr
+    assert restart_delay(result.returncode, 0) is None
+
+
+def test_an_absent_broker_is_retriable(stack: Stack, uid: str) -> None:
+    result = _gateway(uid, CITYOPS_MQTT_PORT=str(free_port()))
+    assert result.returncode == EXIT_RETRIABLE, result.stderr
+    assert '"retriable": true' in result.stderr and "BrokerUnavailable" in result.stderr
+    assert restart_delay(result.returncode, 0) == 1.0
+
+
+def test_the_supervisor_backs_off_and_gives_up_after_its_budget() -> None:
+    assert [restart_delay(EXIT_RETRIABLE, n) for n in range(MAX_RESTARTS)] == [2.0**n for n in range(MAX_RESTARTS)]
+    assert restart_delay(1, MAX_RESTARTS) is None
+    assert restart_delay(EXIT_FATAL, 0) is None
