@@ -347,15 +347,12 @@ class IncidentState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-OPEN_INCIDENT_STATES: Final = frozenset(
-    {
-        IncidentState.NEW,
-        IncidentState.ACKNOWLEDGED,
-        IncidentState.DISPATCHED,
-        IncidentState.EN_ROUTE,
-        IncidentState.ON_SITE,
-    }
-)
+# Open: new to on site. Resolved, closed and cancelled are not (a resolved or closed one may be reopened).
+OPEN_INCIDENT_STATES: Final = frozenset(IncidentState) - {
+    IncidentState.RESOLVED,
+    IncidentState.CLOSED,
+    IncidentState.CANCELLED,
+}
 
 # The operations KPIs' milestones: each one's time is ``<column> - detected_at`` in
 # ``incidents``; the IOC's KPIs and the Grafana dashboards compute them the same way.
