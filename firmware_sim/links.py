@@ -47,6 +47,7 @@ class Stats:
     values_acked: int = 0  # metric values in them: rows the pipeline must store
     dropped: int = 0  # readings dropped from full outboxes
     reconnects: int = 0
+    refused: int = 0  # connection attempts the broker refused (credentials, ACL)
     injected: dict[str, int] = field(default_factory=dict)  # ground-truth events by category
     platform_faults: int = 0  # extra bad messages sent (not counted in sent/acked)
     buffered: int = 0  # readings waiting in outboxes (refreshed by the simulator)
@@ -102,6 +103,7 @@ class Link(AsyncService):
         A refused connection (revoked or wrong credentials) is retried too, as field hardware
         does, but only every ``backoff_max_s``: hammering the broker cannot make it accept."""
         attempt = 0
+        refused = False
         session_config = MqttConfig(
             self.config.host,
             self.config.port,
@@ -117,6 +119,7 @@ class Link(AsyncService):
                     if attempt:
                         self._stats.reconnects += 1
                     attempt = 0
+                    refused = False
                     self._set_connected(True)
                     try:
                         await self._drain(session)
@@ -127,10 +130,13 @@ class Link(AsyncService):
                     delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2**attempt)
                 else:
                     delay = self.config.backoff_max_s
+                    self._stats.refused += 1
                 delay *= 0.5 + self._rng.random()  # jitter: +-50 %
+                # A refusal is worth a warning once per link, not once per retry of a fleet.
+                report = _log.warning if not exc.retriable and not refused else _log.debug
+                report("link down", client=self._client_id, error=str(exc), retry_in_s=round(delay, 2))
+                refused = not exc.retriable
                 attempt += 1
-                log = _log.debug if exc.retriable else _log.warning
-                log("link down", client=self._client_id, error=str(exc), retry_in_s=round(delay, 2))
                 await asyncio.sleep(delay)
 
     def _set_connected(self, up: bool) -> None:

@@ -17,10 +17,10 @@ from aiokafka import AIOKafkaProducer
 from cityops.core import log
 from cityops.core.aio import AsyncService
 from cityops.core.contracts import MQTT_READINGS_FILTER, DeadLetter, encode, now_us
-from cityops.core.errors import CityopsError
+from cityops.core.errors import CityopsError, is_retriable
 from cityops.core.kafka import make_producer
 from cityops.core.metrics import MetricsServer
-from cityops.core.mqtt import Inbound, MqttConfig, MqttSession
+from cityops.core.mqtt import Inbound, MqttConfig, MqttSession, Receipt
 from cityops.core.registry import RegistryFile
 from gateway import metrics
 from gateway.errors import GatewayError, PayloadError
@@ -30,7 +30,7 @@ from gateway.validation import Limits, validate
 
 _log = log.get("gateway")
 
-Ack = tuple[Inbound, list["asyncio.Future[object]"], int]
+Ack = tuple[Receipt, list["asyncio.Future[object]"], int]
 
 
 class Gateway(AsyncService):
@@ -126,7 +126,7 @@ class Gateway(AsyncService):
                 reason = "rejected: " + "; ".join(outcome.rejected)
                 sends.append(await self._dead_letter(reason, topic, payload, now))
                 metrics.DEAD_LETTERS.labels("metric").inc()
-        await self._acks.put((message, sends, device_ts))
+        await self._acks.put((message.receipt, sends, device_ts))
         metrics.IN_FLIGHT.set(self._acks.qsize())
 
     async def _dead_letter(self, reason: str, topic: str, payload: bytes, now: int) -> asyncio.Future[object]:
@@ -147,15 +147,16 @@ class Gateway(AsyncService):
         """Ack MQTT messages in arrival order once Kafka has everything made of them."""
         assert self._mqtt is not None
         while True:
-            message, sends, device_ts = await self._acks.get()
+            receipt, sends, device_ts = await self._acks.get()
             try:
                 for send in sends:
                     await send
             except Exception as exc:
                 metrics.ERRORS.inc()
                 # aiokafka's errors say whether the broker may accept the send later.
-                retriable = bool(getattr(exc, "retriable", False))
-                raise GatewayError(f"Kafka did not accept a forwarded message: {exc!r}", retriable=retriable) from exc
-            self._mqtt.ack(message)
+                raise GatewayError(
+                    f"Kafka did not accept a forwarded message: {exc!r}", retriable=is_retriable(exc)
+                ) from exc
+            self._mqtt.ack(receipt)
             metrics.LATENCY.observe(max(0.0, (self._clock() - device_ts) / 1e6))
             metrics.IN_FLIGHT.set(self._acks.qsize())

@@ -17,8 +17,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cityops import __version__
 from cityops.core import log
+from cityops.core.version import VERSION
 from ioc.centre import Centre
 from ioc.clock import Clock, utcnow
 from ioc.errors import RequestError
@@ -62,7 +62,7 @@ def create_app(settings: IocSettings | None = None, *, clock: Clock = utcnow, fe
 
     # The docs page's Swagger UI and ReDoc from files shipped with fastapi-offline, not a CDN:
     # operators' networks often have no internet.
-    app = FastAPIOffline(title="cityops IOC", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPIOffline(title="cityops IOC", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.centre = centre
     app.state.hub = centre.hub
     app.mount("/wall", StaticFiles(directory=WALL_DIR, html=True), name="wall")

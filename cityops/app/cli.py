@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 from rich.console import Console
 from rich.table import Table
 
-from cityops import __version__
 from cityops.app.runner import serve
 from cityops.core import registry
+from cityops.core.errors import EXIT_FATAL
 from cityops.core.registry import Device
 from cityops.core.settings import DatabaseSettings
+from cityops.core.version import VERSION
 from cityops.devstack import Stack, StackSettings
+
+_S = TypeVar("_S", bound=BaseSettings)
 
 app = typer.Typer(no_args_is_help=True, help="City operations backend.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Mosquitto, Kafka, PostgreSQL.")
@@ -24,7 +30,7 @@ console = Console(stderr=True)
 
 def _version(show: bool) -> None:
     if show:
-        print(f"cityops {__version__}")
+        print(f"cityops {VERSION}")
         raise typer.Exit()
 
 
@@ -65,6 +71,15 @@ def stack_status() -> None:
     Console().print(table)
 
 
+def _settings(cls: type[_S], **values: Any) -> _S:
+    """A service's settings; invalid ones end the process with EXIT_FATAL (restarting cannot help)."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        console.print(f"[red]invalid settings for {cls.__name__}:[/red] {exc}")
+        raise typer.Exit(EXIT_FATAL) from None
+
+
 def _logging(level: str, fmt: str) -> None:
     from cityops.core import log
 
@@ -76,7 +91,7 @@ def gateway() -> None:
     """Run the MQTT -> Kafka gateway (settings: CITYOPS_GATEWAY_*)."""
     from gateway import Gateway, GatewaySettings
 
-    settings = GatewaySettings()
+    settings = _settings(GatewaySettings)
     _logging(settings.log_level, settings.log_format)
 
     async def main() -> None:
@@ -91,7 +106,7 @@ def stream() -> None:
     """Run the stream service: Kafka -> PostgreSQL, detectors -> alerts (settings: CITYOPS_STREAM_*)."""
     from stream import StreamService, StreamSettings
 
-    settings = StreamSettings()
+    settings = _settings(StreamSettings)
     _logging(settings.log_level, settings.log_format)
 
     async def main() -> None:
@@ -106,7 +121,7 @@ def api() -> None:
     """Run the IOC API and WebSocket server (settings: CITYOPS_API_*)."""
     from ioc import ApiServer, IocSettings
 
-    settings = IocSettings()
+    settings = _settings(IocSettings)
     _logging(settings.log_level, settings.log_format)
 
     async def main() -> None:
@@ -177,12 +192,11 @@ def sim(
     and incidents injected; at the end prints what was sent and acknowledged, for load tests
     to compare with what was stored.
     """
-    import asyncio
 
     from firmware_sim import SimSettings, Simulator, build_city, load, with_overrides
     from firmware_sim.errors import ScenarioError
 
-    settings = SimSettings(scenario=scenario) if scenario else SimSettings()
+    settings = _settings(SimSettings, **({"scenario": scenario} if scenario else {}))
     _logging(settings.log_level, settings.log_format)
     try:
         plan = with_overrides(
@@ -204,10 +218,7 @@ def sim(
                 stats = await simulator.run(on_tick=progress.update)
             progress.report(stats)
 
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    serve(main)
 
 
 @app.command()

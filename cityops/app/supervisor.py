@@ -25,11 +25,15 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 120.0
 
 
+# Exits after which a restart only repeats the failure: EXIT_FATAL, and 2 (a refused command line).
+FINAL_EXITS = frozenset({EXIT_FATAL, 2})
+
+
 def restart_delay(exit_code: int | None, recent_restarts: int) -> float | None:
     """Seconds to wait before restarting a service that exited, or None to give up: at once
-    when it said restarting cannot help (``EXIT_FATAL``), else after ``MAX_RESTARTS`` within
+    when it said restarting cannot help (``FINAL_EXITS``), else after ``MAX_RESTARTS`` within
     ``RESTART_WINDOW_S``, backing off exponentially."""
-    if exit_code == EXIT_FATAL or recent_restarts >= MAX_RESTARTS:
+    if exit_code in FINAL_EXITS or recent_restarts >= MAX_RESTARTS:
         return None
     return float(2**recent_restarts)
 
@@ -158,7 +162,7 @@ async def _watch(children: list[Child], api_url: str, console: Console) -> None:
             recent = [t for t in restarts[child.name] if time.monotonic() - t < RESTART_WINDOW_S]
             delay = restart_delay(code, len(recent))
             if delay is None:
-                why = "on an error restarting cannot fix" if code == EXIT_FATAL else f"{len(recent) + 1} times"
+                why = "on an error restarting cannot fix" if code in FINAL_EXITS else f"{len(recent) + 1} times"
                 console.print(f"[red]{child.name} exited (code {code}) {why}; see {child.log}[/red]")
                 return
             console.print(f"[red]{child.name} exited with code {code}; restarting in {delay:.0f} s ({child.log})[/red]")

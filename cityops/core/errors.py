@@ -82,6 +82,19 @@ def is_retriable(exc: BaseException) -> bool:
         return all(is_retriable(e) for e in exc.exceptions)
     if isinstance(exc, CityopsError):
         return exc.retriable
-    if isinstance(exc, ConnectionError | TimeoutError | psycopg.OperationalError):
+    if isinstance(exc, psycopg.OperationalError):
+        # psycopg gives no SQLSTATE for a refused connection, only the server's message.
+        return exc.sqlstate not in _REFUSED_SQLSTATES and not any(m in str(exc) for m in _REFUSED_CONNECTIONS)
+    if isinstance(exc, ConnectionError | TimeoutError):
         return True
     return bool(getattr(exc, "retriable", False))
+
+
+# Refusals a restart cannot fix: wrong credentials, an unknown role or database, no access.
+_REFUSED_SQLSTATES = frozenset({"28000", "28P01", "3D000", "42501"})
+_REFUSED_CONNECTIONS = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "permission denied",
+)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -45,7 +45,7 @@ class MqttConfig:
     host: str
     port: int
     username: str
-    password: str
+    password: str = field(repr=False)
     client_id: str
     clean_session: bool = False
     keepalive_s: int = 60
@@ -54,13 +54,20 @@ class MqttConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Receipt:
+    """What :meth:`MqttSession.ack` needs of a message, without holding on to its payload."""
+
+    mid: int
+    qos: int
+
+
+@dataclass(frozen=True, slots=True)
 class Inbound:
-    """A received message. ``mid`` and ``qos`` are what :meth:`MqttSession.ack` needs."""
+    """A received message."""
 
     topic: str
     payload: bytes
-    qos: int
-    mid: int
+    receipt: Receipt
 
 
 class MqttSession(AsyncService):
@@ -114,14 +121,14 @@ class MqttSession(AsyncService):
         try:
             async for message in self._connection().messages:
                 payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-                yield Inbound(message.topic.value, payload, message.qos, message.mid)
+                yield Inbound(message.topic.value, payload, Receipt(message.mid, message.qos))
         except aiomqtt.MqttError as exc:
             raise _translate(exc, "receiving") from exc
 
-    def ack(self, message: Inbound) -> None:
+    def ack(self, receipt: Receipt) -> None:
         """Acknowledge a message received with ``manual_ack`` (QoS 0 needs none)."""
-        if message.qos > 0:
-            self._connection()._client.ack(message.mid, message.qos)
+        if receipt.qos > 0:
+            self._connection()._client.ack(receipt.mid, receipt.qos)
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
         """Publish and wait for the broker's acknowledgement (QoS 1), or raise

@@ -170,7 +170,7 @@ async def storage_mode(conn: psycopg.AsyncConnection[object]) -> StorageMode:
     cur = await conn.execute("SELECT value FROM schema_info WHERE key = 'storage_mode'")
     row = await cur.fetchone()
     if row is None:
-        raise SchemaError("schema not created: run the stream service or `cityops db init` first")
+        raise SchemaError("schema not created: run the stream service, the API or `cityops provision` first")
     return StorageMode(str(row[0]))  # type: ignore[index]
 
 

@@ -13,14 +13,17 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
+from random import Random
 
 import aiomqtt
 import pytest
 
 from cityops.core import senml
-from cityops.core.contracts import MQTT_READINGS_FILTER, DeviceKind, PayloadFormat
+from cityops.core.contracts import MQTT_READINGS_FILTER, DeviceKind, PayloadFormat, mqtt_readings_topic
+from cityops.core.registry import Device, device_password
 from cityops.devstack.mosquitto import Mosquitto
 from firmware_sim import Scenario, SimSettings, Simulator, build_city
+from firmware_sim.links import Link, LinkConfig, Outgoing, Stats
 from firmware_sim.scenario import DeviceClass, Firmware
 from tests.helpers import eventually, small_scenario
 
@@ -125,3 +128,27 @@ async def test_devices_buffer_while_the_broker_is_down_and_replay_with_original_
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_refused_device_retries_slowly_and_connects_once_its_credentials_are_accepted(
+    broker: Mosquitto, uid: str
+) -> None:
+    device = Device(f"env-{uid}", DeviceKind.ENV_STATION, 52.0, 13.0, "d1")
+    broker.write_credentials([], fleet_secret="s3cret", gateway_user=GATEWAY[0], gateway_password=GATEWAY[1])
+    broker.start()
+    stats = Stats()
+    config = LinkConfig(broker.host, broker.port, backoff_initial_s=0.01, backoff_max_s=0.5)
+    password = device_password("s3cret", device.device_id)
+    link = Link(config, username=device.device_id, password=password, client_id=uid, stats=stats, rng=Random(1))
+    async with link, asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(link.run())
+        started = time.monotonic()
+        await eventually(lambda: _true(stats.refused >= 3), timeout=20)
+        # A refusal waits backoff_max_s (+-50 %), not the initial backoff: 3 take >= 0.5 s.
+        assert time.monotonic() - started >= 0.5 and stats.connected == 0
+        broker.write_credentials([device], fleet_secret="s3cret", gateway_user=GATEWAY[0], gateway_password=GATEWAY[1])
+        broker.reload()
+        await asyncio.wait_for(link.wait_connected(), timeout=20)
+        link.submit(Outgoing(mqtt_readings_topic(device.kind, device.device_id), b"{}"))
+        await eventually(lambda: _true(stats.acked == 1), timeout=10)
+        running.cancel()

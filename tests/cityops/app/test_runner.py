@@ -13,14 +13,16 @@ from cityops.devstack import Stack
 from tests.helpers import free_port
 
 
-def _gateway(uid: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _service(name: str, uid: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cityops", "gateway"],
+        [sys.executable, "-m", "cityops", name],
         env={
             **os.environ,
             "CITYOPS_TOPIC_PREFIX": f"test.{uid}.",
             "CITYOPS_GATEWAY_MQTT_CLIENT_ID": f"gw-{uid}",
             "CITYOPS_GATEWAY_METRICS_PORT": "0",
+            "CITYOPS_STREAM_GROUP_ID": f"s-{uid}",
+            "CITYOPS_STREAM_METRICS_PORT": "-1",
             "CITYOPS_LOG_FORMAT": "json",
             **env,
         },
@@ -32,17 +34,27 @@ def _gateway(uid: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_refused_password_is_fatal(stack: Stack, uid: str) -> None:
-    result = _gateway(uid, CITYOPS_GATEWAY_MQTT_PASSWORD="not-the-password")
+    result = _service("gateway", uid, CITYOPS_GATEWAY_MQTT_PASSWORD="not-the-password")
     assert result.returncode == EXIT_FATAL, result.stderr
     assert '"retriable": false' in result.stderr and "BrokerRefused" in result.stderr
     assert restart_delay(result.returncode, 0) is None
 
 
 def test_an_absent_broker_is_retriable(stack: Stack, uid: str) -> None:
-    result = _gateway(uid, CITYOPS_MQTT_PORT=str(free_port()))
+    result = _service("gateway", uid, CITYOPS_MQTT_PORT=str(free_port()))
     assert result.returncode == EXIT_RETRIABLE, result.stderr
     assert '"retriable": true' in result.stderr and "BrokerUnavailable" in result.stderr
     assert restart_delay(result.returncode, 0) == 1.0
+
+
+def test_a_refused_database_password_and_invalid_settings_are_fatal(stack: Stack, uid: str) -> None:
+    wrong = stack.settings.pg_dsn.replace("cityops:cityops@", "cityops:not-the-password@")
+    assert wrong != stack.settings.pg_dsn
+    result = _service("stream", uid, CITYOPS_PG_DSN=wrong)
+    assert result.returncode == EXIT_FATAL, result.stderr
+    assert "password authentication failed" in result.stderr
+    invalid = _service("gateway", uid, CITYOPS_GATEWAY_MAX_IN_FLIGHT="many")
+    assert invalid.returncode == EXIT_FATAL and "max_in_flight" in invalid.stderr, invalid.stderr
 
 
 def test_the_supervisor_backs_off_and_gives_up_after_its_budget() -> None:

@@ -68,22 +68,22 @@ async def test_a_message_is_redelivered_until_it_is_acknowledged(broker: Mosquit
         await reader.subscribe(MQTT_READINGS_FILTER, qos=1)
         await _send(broker, device, b"first")
         first = await _first(reader.messages())
-        assert (first.topic, first.payload, first.qos) == (topic, b"first", 1)
+        assert (first.topic, first.payload, first.receipt.qos) == (topic, b"first", 1)
     # Not acknowledged: the broker keeps it for the persistent session and sends it again.
     async with _reader(broker, reader_id, manual_ack=True) as reader:
         again = await _first(reader.messages())
         assert again.payload == b"first"
-        reader.ack(again)
+        reader.ack(again.receipt)
         await _send(broker, device, b"second")
         second = await _first(reader.messages())
         assert second.payload == b"second"
-        reader.ack(second)
+        reader.ack(second.receipt)
     # Both acknowledged: the next session's first message is a new one, not a redelivery.
     async with _reader(broker, reader_id, manual_ack=True) as reader:
         await _send(broker, device, b"third")
         third = await _first(reader.messages())
         assert third.payload == b"third"
-        reader.ack(third)
+        reader.ack(third.receipt)
 
 
 async def test_without_manual_ack_aiomqtt_acknowledges_on_arrival(broker: Mosquitto, device: Device) -> None:
