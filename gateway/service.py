@@ -110,27 +110,35 @@ class Gateway(AsyncService):
         device_ts = now
         try:
             outcome = validate(topic, payload, now_us=now, limits=self._limits, devices=self._registry.get)
+            encoded = [(encode(r), r.device_id.encode()) for r in outcome.readings]
         except PayloadError as exc:
             sends.append(await self._dead_letter(exc.reason, topic, payload, now))
             metrics.DEAD_LETTERS.labels("message").inc()
+        except Exception as exc:
+            # Whatever a device sends ends as readings or a dead letter, never as a dead gateway
+            # (which the broker's redelivery would turn into a crash loop).
+            _log.exception("message not processed", topic=topic)
+            reason = f"the gateway could not process this message: {type(exc).__name__}: {exc}"
+            sends.append(await self._dead_letter(reason, topic, payload, now))
+            metrics.DEAD_LETTERS.labels("internal").inc()
         else:
-            for r in outcome.readings:
+            for r, (value, key) in zip(outcome.readings, encoded, strict=True):
                 device_ts = min(device_ts, r.ts_us)
                 event, missing = self._sequences.observe(r.device_id, r.seq)
                 metrics.SEQUENCE_EVENTS.labels(event.value).inc()
                 if missing:
                     metrics.SEQUENCE_MISSING.inc(missing)
-                sends.append(await self._producer.send(self._topics.readings, encode(r), key=r.device_id.encode()))
+                sends.append(await self._producer.send(self._topics.readings, value, key=key))
                 metrics.READINGS_OUT.inc()
             if outcome.rejected:
-                reason = "rejected: " + "; ".join(outcome.rejected)
-                sends.append(await self._dead_letter(reason, topic, payload, now))
+                sends.append(await self._dead_letter(_rejections(outcome.rejected), topic, payload, now))
                 metrics.DEAD_LETTERS.labels("metric").inc()
         await self._acks.put((message.receipt, sends, device_ts))
         metrics.IN_FLIGHT.set(self._acks.qsize())
 
     async def _dead_letter(self, reason: str, topic: str, payload: bytes, now: int) -> asyncio.Future[object]:
         assert self._producer is not None
+        reason = _bounded(reason)
         device_id = topic.split("/")[3] if topic.count("/") == 4 else None
         _log.warning("dead letter", reason=reason, topic=topic)
         letter = DeadLetter(
@@ -160,3 +168,19 @@ class Gateway(AsyncService):
             self._mqtt.ack(receipt)
             metrics.LATENCY.observe(max(0.0, (self._clock() - device_ts) / 1e6))
             metrics.IN_FLIGHT.set(self._acks.qsize())
+
+
+# A dead letter must fit in a Kafka message whatever the device sent: a pack of thousands of
+# bad records would otherwise make a reason of megabytes, which Kafka refuses (and the gateway,
+# unable to forward the message, would stop).
+MAX_REASON_CHARS = 4_000
+
+
+def _rejections(rejected: list[str]) -> str:
+    return "rejected: " + "; ".join(rejected)
+
+
+def _bounded(reason: str) -> str:
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    return reason[: MAX_REASON_CHARS - 20] + f"... ({len(reason)} chars)"

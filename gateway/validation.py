@@ -16,6 +16,7 @@ import msgspec
 from cityops.core import senml
 from cityops.core.contracts import (
     CONCENTRATOR,
+    MAX_SEQ,
     METRICS,
     SENML_BASE_PREFIX,
     SENML_SEQ,
@@ -142,6 +143,8 @@ def _from_json(payload: bytes, kind: DeviceKind, device_id: str) -> _Candidate:
         msg = _payload_decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise PayloadError(f"invalid payload: {exc}") from None
+    except RecursionError:
+        raise PayloadError("invalid payload: nested too deep") from None
     if msg.device_id is not None and msg.device_id != device_id:
         raise PayloadError(f"payload device_id {msg.device_id!r} does not match topic device {device_id!r}")
     if not msg.metrics:
@@ -202,8 +205,8 @@ def _group_concentrator(
 def _add(group: _Candidate, metric: str, rec: senml.Record) -> None:
     if SENML_SEQ in rec.extensions:
         seq = rec.extensions[SENML_SEQ]
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            group.problems.append(f"{SENML_SEQ!r} must be a non-negative integer, not {seq!r}")
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+            group.problems.append(f"{SENML_SEQ!r} must be an integer in [0, 2^63 - 1], not {seq!r}")
         elif group.seq is not None and group.seq != seq:
             group.problems.append(f"two sequence numbers ({group.seq}, {seq}) for one reading")
         else:

@@ -87,7 +87,7 @@ class AlertFeed(AsyncService):
             # Stored, placed and published before the offset is committed: a crash in between
             # replays alerts that are already stored, and only new ones are placed, so nothing
             # pages twice.
-            new = await self._desk.receive(alerts)
+            new = await self._receive(alerts)
             for alert in new:
                 metrics.LATENCY.observe(max(0.0, (self._clock() - alert.ts_us) / 1e6))
             try:
@@ -100,6 +100,23 @@ class AlertFeed(AsyncService):
                 hw = self._consumer.highwater(tp)
                 if hw is not None and records:
                     metrics.LAG.labels(str(tp.partition)).set(max(0, hw - records[-1].offset - 1))
+
+    async def _receive(self, alerts: list[Alert]) -> list[Alert]:
+        """The desk takes the batch; if the database refuses its data (a value no contract check
+        caught), it takes the alerts one by one and the ones refused alone are logged, counted
+        and skipped: one alert cannot stop the feed, nor (replayed after every restart) the IOC."""
+        try:
+            return await self._desk.receive(alerts)
+        except psycopg.DataError as exc:
+            _log.warning("alert batch refused by the database; isolating its alerts", error=str(exc))
+        new: list[Alert] = []
+        for alert in alerts:
+            try:
+                new += await self._desk.receive([alert])
+            except psycopg.DataError as exc:
+                metrics.ERRORS.labels("refused").inc()
+                _log.error("alert refused by the database, skipped", alert_id=alert.alert_id, error=str(exc))
+        return new
 
 
 async def store(conn: psycopg.AsyncConnection[Any], alerts: list[Alert]) -> list[Alert]:

@@ -157,7 +157,7 @@ class StreamService(AsyncService):
             batch = await self._consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch)
             self._caught_up = not batch
             if batch:
-                await self.process(batch)
+                await self.process_isolating(batch)
             now = self._clock()
             if now >= due["maintain"]:
                 await self.store.maintain(to_datetime(self._clock()))
@@ -254,7 +254,34 @@ class StreamService(AsyncService):
         self._dirty.difference_update(series)
         metrics.STATES_SAVED.inc(len(series))
 
-    async def process(self, batch: Batch) -> None:
+    async def process_isolating(self, batch: Batch) -> None:
+        """Process a batch; if the database refuses its data (a value no contract check caught),
+        process it record by record, and send the records it refuses alone to the dead-letter
+        topic with their offsets, so one record cannot stop a partition (or, replayed after every
+        restart, the service). The offsets are committed once, after the last record."""
+        try:
+            await self.process(batch)
+            return
+        except psycopg.DataError as exc:
+            _log.warning("batch refused by the database; isolating its records", error=str(exc))
+        assert self._consumer is not None and self._producer is not None
+        for tp, records in batch.items():
+            for rec in records:
+                try:
+                    await self.process({tp: [rec]}, commit=False)
+                except psycopg.DataError as exc:
+                    letter = DeadLetter(
+                        reason=f"refused by the database: {exc}",
+                        source=f"kafka:{tp.topic}/{tp.partition}@{rec.offset}",
+                        payload=rec.value or b"",
+                        received_us=self._clock(),
+                    )
+                    _log.warning("dead letter", reason=letter.reason, source=letter.source)
+                    await (await self._producer.send(self._topics.dead_letter, encode(letter), key=b""))
+                    metrics.DEAD_LETTERS.inc()
+        await self._commit()
+
+    async def process(self, batch: Batch, *, commit: bool = True) -> None:
         assert self._consumer is not None and self._producer is not None
         rows = Rows()
         readings: list[Reading] = []
@@ -319,6 +346,15 @@ class StreamService(AsyncService):
         for reading in readings:
             metrics.LATENCY.observe(max(0.0, (stored - reading.ts_us) / 1e6))
 
+        if commit:
+            await self._commit()
+        for tp, records in batch.items():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None and records:
+                metrics.LAG.labels(str(tp.partition)).set(max(0, highwater - records[-1].offset - 1))
+
+    async def _commit(self) -> None:
+        assert self._consumer is not None
         try:
             await self._consumer.commit()
         except CommitFailedError as exc:
@@ -326,10 +362,6 @@ class StreamService(AsyncService):
             # the store's key makes the replay harmless.
             metrics.ERRORS.labels("commit").inc()
             _log.warning("offset commit failed after rebalance", error=str(exc))
-        for tp, records in batch.items():
-            highwater = self._consumer.highwater(tp)
-            if highwater is not None and records:
-                metrics.LAG.labels(str(tp.partition)).set(max(0, highwater - records[-1].offset - 1))
 
     async def _warm_up(self, series: I64, ts: I64, new: BOOL) -> None:
         """Bring series the detector has not seen (or has forgotten) up to date before their

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import aiomqtt
 import psycopg
 from aiokafka import AIOKafkaConsumer
 
 from cityops.core.contracts import Alert, DeviceKind
+from cityops.core.registry import Device, device_password
+from cityops.devstack import Stack
 from firmware_sim.scenario import CityConfig, DeviceClass, Scenario, Truth
 
 
@@ -106,3 +110,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def device_client(stack: Stack, device: Device, **options: Any) -> aiomqtt.Client:
+    """An MQTT client with ``device``'s own credentials on the stack's broker."""
+    return aiomqtt.Client(
+        stack.settings.mqtt_host,
+        stack.settings.mqtt_port,
+        username=device.device_id,
+        password=device_password(stack.settings.fleet_secret.get_secret_value(), device.device_id),
+        identifier=f"test-{device.device_id}",
+        **options,
+    )

@@ -119,13 +119,18 @@ def parse_mqtt_readings_topic(topic: str) -> tuple[str, str]:
 
 
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
-NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+# Every field is bounded to what every later tier holds: a sequence number to PostgreSQL's
+# bigint, a time in microseconds to 1970..2262 (int64 nanoseconds, the tightest consumer).
+MAX_SEQ: Final = 2**63 - 1
+MAX_TIME_US: Final = 2**63 // 1000
+SeqNumber = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+TimeUs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_US)]
 
 
 class DevicePayload(msgspec.Struct, forbid_unknown_fields=True):
     """What a device publishes (JSON). ``ts`` is RFC 3339 with an offset; naive times are refused."""
 
-    seq: NonNegative
+    seq: SeqNumber
     ts: AwareDatetime
     metrics: dict[str, float]
     device_id: str | None = None
@@ -253,10 +258,23 @@ class Reading(msgspec.Struct, frozen=True):
 
     device_id: str
     kind: str
-    seq: int
-    ts_us: int
+    seq: SeqNumber
+    ts_us: TimeUs
     metrics: dict[str, float]
-    gateway_us: int
+    gateway_us: TimeUs
+
+    def __post_init__(self) -> None:
+        # Checked on decode too (msgspec turns this into a ValidationError), so a consumer never
+        # takes in a reading that would fail it later: a foreign producer's, or an older gateway's.
+        catalogue = METRICS.get(self.kind)  # type: ignore[call-overload]
+        if catalogue is None:
+            raise ValueError(f"unknown device kind {self.kind!r}")
+        for name, value in self.metrics.items():
+            spec = catalogue.get(name)
+            if spec is None:
+                raise ValueError(f"{name} is not a metric of {self.kind}")
+            if not spec.low <= value <= spec.high:  # NaN fails too
+                raise ValueError(f"{name} = {value} is outside [{spec.low}, {spec.high}]")
 
 
 class Alert(msgspec.Struct, frozen=True):
@@ -270,16 +288,16 @@ class Alert(msgspec.Struct, frozen=True):
     device_id: str
     kind: str
     metric: str
-    ts_us: int
+    ts_us: TimeUs
     value: float
     score: float
     detector: str
     baseline: float
     spread: float
     window: int
-    seq: int
-    gateway_us: int
-    emitted_us: int
+    seq: Annotated[int, msgspec.Meta(ge=-1, le=MAX_SEQ)]  # -1: no reading (a staleness alert)
+    gateway_us: TimeUs
+    emitted_us: TimeUs
     # Every detector that alone reached the threshold (``detector`` is the strongest), and a
     # sentence for the operator: what was seen, what was expected, over which window.
     detectors: list[str] = []

@@ -56,11 +56,18 @@ class Record:
     extensions: dict[str, Any] = field(default_factory=dict)
 
 
+# The times a datetime can hold, in seconds since the epoch.
+_EARLIEST = -62_135_596_800.0
+_LATEST = 253_402_300_799.0
+
+
 def loads_json(data: bytes) -> list[dict[str, Any]]:
     try:
         pack = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise SenmlError(f"not JSON: {exc}") from None
+    except RecursionError:  # msgspec's own bound on nesting (the interpreter's recursion limit)
+        raise SenmlError("not JSON that can be read: nested too deep") from None
     return _check_pack(pack)
 
 
@@ -117,6 +124,8 @@ def resolve(pack: Sequence[Mapping[str, Any]], *, now: float) -> list[Record]:
         time = base_time + _number(rec.get("t", 0.0), "t", i)
         if time < _RELATIVE_LIMIT:
             time += now
+        if not _EARLIEST <= time <= _LATEST:  # two finite halves can add up to infinity, or NaN
+            raise SenmlError(f"record {i}: bt + t is not a time between the years 1 and 9999")
         unit = _string(rec["u"], "u", i) if "u" in rec else base_unit
         values = [label for label in _VALUE_FIELDS if label in rec]
         if len(values) > 1:
@@ -145,9 +154,15 @@ def _string(raw: object, label: str, i: int) -> str:
 
 
 def _number(raw: object, label: str, i: int) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise SenmlError(f"record {i}: {label} must be a finite number")
-    return float(raw)
+    try:
+        number = float(raw)  # a CBOR bignum may not fit
+    except OverflowError:
+        raise SenmlError(f"record {i}: {label} must be a finite number") from None
+    if not math.isfinite(number):
+        raise SenmlError(f"record {i}: {label} must be a finite number")
+    return number
 
 
 def dumps_json(pack: Sequence[Mapping[str, Any]]) -> bytes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import aiomqtt
@@ -13,32 +12,21 @@ from aiokafka.errors import KafkaError
 
 from cityops.core import contracts
 from cityops.core.contracts import Topics, mqtt_readings_topic
-from cityops.core.registry import Device, device_password
+from cityops.core.registry import Device
 from cityops.devstack import Stack
 from gateway import Gateway, GatewaySettings
 from gateway.errors import GatewayError
-from tests.helpers import read_topic
+from tests.gateway.conftest import RunningGateway
+from tests.helpers import device_client, read_topic
 
 
 @pytest.fixture
-async def gateway(stack: Stack, topics: Topics, uid: str) -> AsyncIterator[Gateway]:
-    settings = GatewaySettings(
-        topic_prefix=topics.prefix, metrics_port=0, mqtt_client_id=f"gw-{uid}", mqtt_clean_session=True
-    )
-    async with Gateway(settings) as gw, asyncio.TaskGroup() as tasks:
-        runner = tasks.create_task(gw.run())
-        yield gw
-        runner.cancel()
+def gateway(running_gateway: RunningGateway) -> Gateway:
+    return running_gateway.gateway
 
 
 def _client(stack: Stack, device: Device) -> aiomqtt.Client:
-    return aiomqtt.Client(
-        stack.settings.mqtt_host,
-        stack.settings.mqtt_port,
-        username=device.device_id,
-        password=device_password(stack.settings.fleet_secret.get_secret_value(), device.device_id),
-        identifier=f"test-{device.device_id}",
-    )
+    return device_client(stack, device)
 
 
 def _body(seq: int, metrics: dict[str, float]) -> bytes:
