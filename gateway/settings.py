@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from cityops.core.settings import (
@@ -29,5 +29,14 @@ class GatewaySettings(CommonSettings):
     max_future_skew_s: float = 300.0
     max_age_s: float = 90 * 86_400.0
     kafka_linger_ms: int = 5
+    # A send unacknowledged this long marks Kafka down in /healthz (the producer keeps trying
+    # until its request timeout, 30 s; then the gateway reconnects, and loses nothing: the
+    # messages were not acknowledged to the broker, which sends them again).
+    kafka_stall_s: float = 5.0
+    # Closing a producer whose broker is gone: its unsent batches are not worth waiting for.
+    kafka_stop_timeout_s: float = 5.0
+    # A message the gateway died on (a native crash, the OOM killer) this many times is
+    # dead-lettered unprocessed when the broker sends it again (gateway/quarantine.py).
+    crash_quarantine_after: int = Field(2, ge=1)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = GATEWAY_METRICS_PORT

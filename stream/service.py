@@ -20,7 +20,7 @@ from aiokafka.errors import CommitFailedError
 from aiokafka.partitioner import murmur2
 
 from cityops.core import log
-from cityops.core.aio import AsyncService
+from cityops.core.aio import AsyncService, close_quietly
 from cityops.core.contracts import (
     METRICS,
     Alert,
@@ -32,6 +32,8 @@ from cityops.core.contracts import (
     now_us,
     to_datetime,
 )
+from cityops.core.errors import is_retriable
+from cityops.core.health import Backoff, Health
 from cityops.core.kafka import make_consumer, make_producer
 from cityops.core.metrics import MetricsServer
 from stream import metrics
@@ -86,27 +88,21 @@ class StreamService(AsyncService):
         self._series_by_partition: dict[int, set[int]] = {}
         self._producer: AIOKafkaProducer | None = None
         self._metrics: MetricsServer | None = None
+        self.health = Health("stream", ["postgres", "kafka"])
+        self._store_broken = True  # not connected yet
 
     async def start(self) -> None:
+        """Read the profiles, compile, serve metrics and ``/healthz``, then connect to the
+        database and Kafka, waiting for them (with backoff) while they are away: a service
+        started before its dependencies does not exit. A refusal (a wrong password) raises."""
         s = self.settings
         self.detector.reload(self._profiles.load())
         # Before joining the group: compiling inside the poll loop would miss heartbeats.
         await asyncio.to_thread(compile_kernels)
         if s.metrics_port >= 0:
-            self._metrics = MetricsServer(s.metrics_host, s.metrics_port)
+            self._metrics = MetricsServer(s.metrics_host, s.metrics_port, health=self.health)
             await self._metrics.start()
-        await self.store.start()
-        self._producer = make_producer(s.kafka_bootstrap, client_id=s.client_id)
-        await self._producer.start()
-        self._consumer = make_consumer(
-            s.kafka_bootstrap,
-            self._topics.readings,
-            listener=_ForgetRevoked(self),
-            group_id=s.group_id,
-            client_id=s.client_id,
-            max_poll_records=s.max_batch,
-        )
-        await self._consumer.start()
+        await self._connect()
         _log.info(
             "stream started",
             topic=self._topics.readings,
@@ -115,32 +111,89 @@ class StreamService(AsyncService):
             profiles=str(self._profiles.path),
         )
 
+    async def _connect(self) -> None:
+        """Open what is not open (the database first: a consumer without it would hold
+        partitions it cannot store), retrying what may come back."""
+        s = self.settings
+        backoff = Backoff()
+        while True:
+            try:
+                if self._store_broken:
+                    await close_quietly(self.store.stop())
+                    await self.store.start()
+                    self._store_broken = False
+                    self.health.up("postgres")
+                if self._producer is None:
+                    producer = make_producer(s.kafka_bootstrap, client_id=s.client_id)
+                    try:
+                        await producer.start()
+                    except BaseException:
+                        await close_quietly(producer.stop())
+                        raise
+                    self._producer = producer
+                if self._consumer is None:
+                    consumer = make_consumer(
+                        s.kafka_bootstrap,
+                        self._topics.readings,
+                        listener=_ForgetRevoked(self),
+                        group_id=s.group_id,
+                        client_id=s.client_id,
+                        max_poll_records=s.max_batch,
+                    )
+                    # Set before start(): the assignment callback (adopt) may run inside it.
+                    self._consumer = consumer
+                    try:
+                        await consumer.start()
+                    except BaseException:
+                        self._consumer = None
+                        await close_quietly(consumer.stop())
+                        raise
+                self.health.up("kafka")
+                return
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                self._lost(exc)
+                await asyncio.sleep(backoff.next())
+
+    def _lost(self, exc: BaseException) -> None:
+        """A dependency failed: say which, and reconnect to the database before its next use
+        (a connection that dropped stays broken)."""
+        if isinstance(exc, psycopg.Error):
+            self.health.down("postgres", exc)
+            self._store_broken = True
+        else:
+            self.health.down("kafka", exc)
+
     @property
     def metrics_port(self) -> int | None:
         """Where ``/metrics`` is served (the real port when configured as 0), None if disabled."""
         return self._metrics.port if self._metrics is not None else None
 
     async def stop(self) -> None:
+        """Within seconds even with a dependency gone: hand the partitions over (saving their
+        detector state), save the rest, and close."""
+        timeout = self.settings.close_timeout_s
         if self._consumer is not None:
-            await self._consumer.stop()
+            await close_quietly(self._consumer.stop(), timeout_s=timeout)
             self._consumer = None
-        if self.store.mode is not None:
+        if self.store.mode is not None and not self._store_broken:
             try:
-                await self.save_states(sorted(self._dirty))
-            except psycopg.Error as exc:
-                _log.warning("detector state not saved", error=str(exc))
+                await asyncio.wait_for(self.save_states(sorted(self._dirty)), timeout)
+            except (psycopg.Error, TimeoutError) as exc:
+                _log.warning("detector state not saved", error=repr(exc))
         if self._producer is not None:
-            await self._producer.stop()
+            await close_quietly(self._producer.stop(), timeout_s=timeout)
             self._producer = None
-        await self.store.stop()
+        await close_quietly(self.store.stop(), timeout_s=timeout)
         if self._metrics is not None:
             await self._metrics.stop()
         _log.info("stream stopped")
 
     async def run(self) -> None:
-        """Consume until cancelled. Between batches, on the writer's own connection (never inside
-        a batch's transaction) and on the injected clock: rollup maintenance, profile reloads,
-        staleness, snapshots."""
+        """Consume until cancelled, riding out outages of the database and of Kafka. Between
+        batches, on the writer's own connection (never inside a batch's transaction) and on the
+        injected clock: rollup maintenance, profile reloads, staleness, snapshots."""
         assert self._consumer is not None, "start() first"
         s = self.settings
         due: dict[str, float] = {}
@@ -157,19 +210,61 @@ class StreamService(AsyncService):
             batch = await self._consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch)
             self._caught_up = not batch
             if batch:
-                await self.process_isolating(batch)
+                await self._store_until_done(batch)
             now = self._clock()
-            if now >= due["maintain"]:
-                await self.store.maintain(to_datetime(self._clock()))
-            if now >= due["profiles"]:
-                self.reload_profiles()
-            if now >= due["stale"]:
-                await self.check_staleness()
-            if now >= due["snapshot"]:
-                await self.save_states(sorted(self._dirty))
+            try:
+                await self._connect()
+                if now >= due["maintain"]:
+                    await self.store.maintain(to_datetime(self._clock()))
+                if now >= due["profiles"]:
+                    self.reload_profiles()
+                if now >= due["stale"]:
+                    await self.check_staleness()
+                if now >= due["snapshot"]:
+                    await self.save_states(sorted(self._dirty))
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                self._lost(exc)  # tried again when next due
             for name, at in due.items():
                 if now >= at:
                     due[name] = now + every[name] * 1e6
+
+    async def _store_until_done(self, batch: Batch) -> None:
+        """Process ``batch`` until it is stored and committed, however long its dependencies are
+        away. A failed attempt may have moved the batch's series' detectors past readings that
+        were then not stored: those series start again from their saved state and what is
+        stored, as after a restart, so the retry scores (and alerts on) every reading once."""
+        backoff = Backoff()
+        while True:
+            try:
+                await self._connect()
+                await self.process_isolating(batch)
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                metrics.ERRORS.labels("retried").inc()
+                self._lost(exc)
+                self._rewind(batch)
+                _log.warning("batch not stored; retrying", error=repr(exc), records=sum(map(len, batch.values())))
+                await asyncio.sleep(backoff.next())
+                continue
+            self.health.up("postgres")
+            self.health.up("kafka")
+            return
+
+    def _rewind(self, batch: Batch) -> None:
+        touched = {sid for records in batch.values() for rec in records for sid in self._series_of(rec)}
+        if touched:
+            self.detector.reset(np.fromiter(touched, np.int64))
+            self._dirty.difference_update(touched)
+
+    def _series_of(self, rec: ConsumerRecord[bytes, bytes]) -> list[int]:
+        try:
+            reading = decode_reading(rec.value or b"")
+        except msgspec.DecodeError:
+            return []
+        return [sid for m in reading.metrics if (sid := self.series.find(reading.device_id, m)) is not None]
 
     def reload_profiles(self) -> bool:
         """Apply the profile file if it changed; an invalid file keeps the profiles in force."""

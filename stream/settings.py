@@ -35,5 +35,9 @@ class StreamSettings(DatabaseSettings):
     # yesterday (a restarted demo would otherwise alarm on every lamp's temperature).
     warmup_readings: int = 200
     warmup_max_age_s: float = 3_600
+    # How long stopping may wait on each client (leaving the group, unsent alerts, the last
+    # snapshot) when its peer is gone: a stop takes seconds, not a request timeout. What is
+    # not flushed was not committed, so the next consumer replays it: nothing is lost.
+    close_timeout_s: float = 5.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = STREAM_METRICS_PORT

@@ -19,6 +19,7 @@ from cityops.core.kafka import ensure_topics
 from cityops.core.registry import Device
 from cityops.devstack import Stack, StackSettings
 from cityops.devstack.mosquitto import Mosquitto
+from cityops.devstack.postgres import Postgres
 from firmware_sim import City, build_city
 from tests.helpers import free_port, small_scenario
 
@@ -89,3 +90,23 @@ def broker(stack: Stack) -> Iterator[Mosquitto]:
     finally:
         instance.stop()
         shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres(stack: Stack) -> Iterator[Postgres]:
+    """A private PostgreSQL cluster (the stack installed the server), for tests that stop and
+    start the database under a service without pulling the shared one from under other tests.
+    Its DSN: ``private_dsn(instance)``."""
+    state = Path(tempfile.mkdtemp(prefix="cityops-pg-"))
+    state.chmod(0o755)  # the server runs as the postgres user when the tests run as root
+    instance = Postgres(state, "127.0.0.1", free_port(), user="cityops", password="cityops", database="cityops")
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def private_dsn(instance: Postgres) -> str:
+    return f"postgresql://{instance.user}:{instance.password}@{instance.host}:{instance.port}/{instance.database}"

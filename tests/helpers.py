@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
+import httpx
 import psycopg
 from aiokafka import AIOKafkaConsumer
 
@@ -122,3 +123,24 @@ def device_client(stack: Stack, device: Device, **options: Any) -> aiomqtt.Clien
         identifier=f"test-{device.device_id}",
         **options,
     )
+
+
+async def healthz(port: int) -> tuple[int, dict[str, Any]]:
+    """A service's ``/healthz``: its status code and body."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(f"http://127.0.0.1:{port}/healthz")
+    return response.status_code, response.json()
+
+
+async def dependency_down(port: int, dependency: str) -> bool:
+    status, body = await healthz(port)
+    return status == 503 and body["dependencies"][dependency]["up"] is False
+
+
+async def all_up(port: int) -> bool:
+    """The service answers ``/healthz`` with every dependency up (False while it is not listening)."""
+    try:
+        status, body = await healthz(port)
+    except httpx.TransportError:
+        return False
+    return status == 200 and body["status"] == "ok"

@@ -6,6 +6,10 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, Self
 
+from cityops.core import log
+
+_log = log.get("cityops")
+
 
 class AsyncService:
     """``async with`` starts and stops; a failure halfway through ``start()`` still runs ``stop()``,
@@ -41,3 +45,13 @@ async def race(*coros: Coroutine[Any, Any, None]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def close_quietly(closing: Coroutine[Any, Any, None], *, timeout_s: float = 5.0) -> None:
+    """Close a client whose peer may be gone: its errors are an outage already reported, and a
+    close that waits for a dead peer (unsent batches, a group to leave) must not hold a
+    restart or a shutdown past ``timeout_s``."""
+    try:
+        await asyncio.wait_for(closing, timeout_s)
+    except Exception as exc:
+        _log.debug("client closed with an error", error=repr(exc))

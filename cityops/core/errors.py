@@ -26,6 +26,7 @@ A payload a device sent is not an error of the service: the gateway's ``PayloadE
 from __future__ import annotations
 
 import psycopg
+from aiokafka.errors import KafkaTimeoutError
 
 # sysexits(3): EX_TEMPFAIL ("try again later") and EX_CONFIG. Anything else a service exits
 # with (an unexpected exception) is treated as retriable by the supervisor, within its budget.
@@ -74,7 +75,8 @@ class BrokerRefused(BrokerError):
 def is_retriable(exc: BaseException) -> bool:
     """Whether the operation that raised ``exc`` may succeed if tried again unchanged.
 
-    Our errors say so themselves; aiokafka's carry ``retriable`` too; a connection that could
+    Our errors say so themselves; aiokafka's carry ``retriable`` too (a send that timed out
+    counts as one); a connection that could
     not be made or dropped (``ConnectionError``, psycopg's ``OperationalError``) may come back.
     A group is retriable when all of its errors are.
     """
@@ -86,6 +88,10 @@ def is_retriable(exc: BaseException) -> bool:
         # psycopg gives no SQLSTATE for a refused connection, only the server's message.
         return exc.sqlstate not in _REFUSED_SQLSTATES and not any(m in str(exc) for m in _REFUSED_CONNECTIONS)
     if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, KafkaTimeoutError):
+        # aiokafka calls it final, but a send times out when no broker answered within the
+        # request timeout: an outage that passes, not a refusal.
         return True
     return bool(getattr(exc, "retriable", False))
 

@@ -74,7 +74,7 @@ class MqttSession(AsyncService):
     """One connection to the broker: ``start()`` connects, ``stop()`` disconnects.
 
     A session that lost its connection stays lost: callers that reconnect (the simulator's
-    links) open a new session; the gateway's run ends and its supervisor restarts it.
+    links, the gateway) open a new session.
     """
 
     def __init__(self, config: MqttConfig) -> None:

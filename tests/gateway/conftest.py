@@ -28,3 +28,16 @@ async def running_gateway(stack: Stack, topics: Topics, uid: str) -> AsyncIterat
         runner = tasks.create_task(gw.run())
         yield RunningGateway(gw, runner)
         runner.cancel()
+
+
+def fail_sends(gateway: Gateway, error: Exception) -> None:
+    """Make the gateway's current producer fail every send with ``error`` (a fault injected
+    into the real producer; a replacement producer works again)."""
+    assert gateway._producer is not None
+
+    async def failing(*args: object, **kwargs: object) -> asyncio.Future[object]:
+        failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        failed.set_exception(error)
+        return failed
+
+    gateway._producer.send = failing  # type: ignore[method-assign]

@@ -16,7 +16,7 @@ from cityops.core.registry import Device
 from cityops.devstack import Stack
 from gateway import Gateway, GatewaySettings
 from gateway.errors import GatewayError
-from tests.gateway.conftest import RunningGateway
+from tests.gateway.conftest import RunningGateway, fail_sends
 from tests.helpers import device_client, read_topic
 
 
@@ -123,14 +123,7 @@ async def test_a_message_kafka_did_not_take_is_not_acknowledged_and_comes_back(
     )
     env = next(d for d in fleet if d.kind == "env_station")
     async with Gateway(settings) as gw:
-        assert gw._producer is not None
-
-        async def refused(*args: object, **kwargs: object) -> asyncio.Future[object]:
-            failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-            failed.set_exception(KafkaError("injected: Kafka refused the batch"))
-            return failed
-
-        gw._producer.send = refused  # type: ignore[method-assign]
+        fail_sends(gw, KafkaError("injected: Kafka refused the batch"))
         async with _client(stack, env) as client:
             await client.publish(mqtt_readings_topic(env.kind, env.device_id), _body(7, {"pm25_ugm3": 12.0}), qos=1)
         with pytest.raises(GatewayError, match="Kafka did not accept"):

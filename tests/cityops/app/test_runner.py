@@ -4,13 +4,16 @@ of ``cityops run`` acts on it. Real gateway processes against the real stack."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+
+import httpx
 
 from cityops.app.supervisor import MAX_RESTARTS, restart_delay
 from cityops.core.errors import EXIT_FATAL, EXIT_RETRIABLE
 from cityops.devstack import Stack
-from tests.helpers import free_port
+from tests.helpers import dependency_down, eventually, free_port
 
 
 def _service(name: str, uid: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -40,11 +43,45 @@ def test_a_refused_password_is_fatal(stack: Stack, uid: str) -> None:
     assert restart_delay(result.returncode, 0) is None
 
 
-def test_an_absent_broker_is_retriable(stack: Stack, uid: str) -> None:
-    result = _service("gateway", uid, CITYOPS_MQTT_PORT=str(free_port()))
-    assert result.returncode == EXIT_RETRIABLE, result.stderr
-    assert '"retriable": true' in result.stderr and "BrokerUnavailable" in result.stderr
-    assert restart_delay(result.returncode, 0) == 1.0
+async def test_an_absent_broker_is_waited_for_and_sigterm_still_stops_at_once(stack: Stack, uid: str) -> None:
+    """Not an exit: the gateway waits for its broker (reporting it in /healthz) however long
+    it is away, and a SIGTERM while it waits ends it cleanly within seconds."""
+    port = free_port()
+    proc = _spawn(uid, CITYOPS_GATEWAY_METRICS_PORT=str(port), CITYOPS_MQTT_PORT=str(free_port()))
+    try:
+        await eventually(lambda: _mqtt_down(port), timeout=60)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        await eventually(lambda: _true(proc.poll() is not None), timeout=10)
+        assert proc.returncode == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _spawn(uid: str, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cityops", "gateway"],
+        env={
+            **os.environ,
+            "CITYOPS_TOPIC_PREFIX": f"test.{uid}.",
+            "CITYOPS_GATEWAY_MQTT_CLIENT_ID": f"gw-{uid}",
+            **env,
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _mqtt_down(port: int) -> bool:
+    try:
+        return await dependency_down(port, "mqtt")
+    except httpx.TransportError:
+        return False
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 def test_a_refused_database_password_and_invalid_settings_are_fatal(stack: Stack, uid: str) -> None:
