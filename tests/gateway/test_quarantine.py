@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from cityops.core import contracts
 from cityops.core.contracts import Topics, mqtt_readings_topic
 from cityops.core.registry import Device
 from cityops.devstack import Stack
+from gateway import Gateway, GatewaySettings
 from gateway.quarantine import CrashGuard, digest
 from tests.helpers import all_up, device_client, eventually, free_port, read_topic
 
@@ -61,13 +62,14 @@ class GatewayProcess:
 
 
 @pytest.fixture
-def gateway_process(stack: Stack, topics: Topics, uid: str, tmp_path: Path) -> Iterator[GatewayProcess]:
+async def gateway_process(stack: Stack, topics: Topics, uid: str, tmp_path: Path) -> AsyncIterator[GatewayProcess]:
     port = free_port()
+    client_id = f"gw-crash-{uid}"
     process = GatewayProcess(
         {
             "CITYOPS_TOPIC_PREFIX": topics.prefix,
             "CITYOPS_STATE_DIR": str(tmp_path),
-            "CITYOPS_GATEWAY_MQTT_CLIENT_ID": f"gw-crash-{uid}",
+            "CITYOPS_GATEWAY_MQTT_CLIENT_ID": client_id,
             "CITYOPS_GATEWAY_METRICS_PORT": str(port),
             "CITYOPS_GATEWAY_CRASH_QUARANTINE_AFTER": "2",
         }
@@ -77,6 +79,12 @@ def gateway_process(stack: Stack, topics: Topics, uid: str, tmp_path: Path) -> I
         yield process
     finally:
         process.stop()
+        # End the persistent session, or the broker queues every later test's messages for it.
+        cleanup = GatewaySettings(
+            mqtt_client_id=client_id, mqtt_clean_session=True, metrics_port=-1, state_dir=tmp_path
+        )
+        async with Gateway(cleanup):
+            pass
 
 
 def _body(seq: int) -> bytes:

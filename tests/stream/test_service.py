@@ -16,6 +16,7 @@ from cityops.core.schema import StorageMode
 from cityops.devstack import Stack
 from stream import StreamService, StreamSettings
 from stream.detectors import Detector, DetectorConfig
+from stream.metrics import PROFILE_RELOADS
 from stream.profiles import DEFAULT_FILE
 from tests.helpers import eventually, produce, read_topic, scalar
 
@@ -232,8 +233,10 @@ async def test_profile_edits_apply_without_a_restart(
 
         profiles.write_text("[defaults]\nthreshold = 0.3\nrefractory = 5\n")
         await eventually(lambda: _true(service.detector.config.default.threshold == 0.3))
+        invalid = PROFILE_RELOADS.labels("invalid")
+        refused = invalid._value.get()
         profiles.write_text("[defaults]\nthreshold = 'high'\n")  # a bad edit keeps what works
-        await asyncio.sleep(0.3)
+        await eventually(lambda: _true(invalid._value.get() > refused))
         assert service.detector.config.default.threshold == 0.3
 
         await _publish(stack, topics, [_noisy("dev-5", i, spike=moderate) for i in range(60, 110)])
@@ -250,19 +253,20 @@ async def test_a_silent_series_raises_one_staleness_alert(
     stack: Stack, topics: Topics, database: str, uid: str
 ) -> None:
     clock = ManualClock(T0 + 100_000_000)
+    # The loop's own checks are not due in this test: it runs them in step with the clock.
     settings = StreamSettings(
-        topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1, stale_check_s=1
+        topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1, stale_check_s=3_600
     )
     async with StreamService(settings, clock=clock) as service, asyncio.TaskGroup() as tasks:
         runner = tasks.create_task(service.run())
         await _publish(stack, topics, [_noisy("dev-6", i) for i in range(40)])
         await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), 40))
         clock.now_us += 20_000_000  # 20 s of silence after 1 s readings: not yet (30 s minimum)
-        await asyncio.sleep(0.5)
+        assert await service.check_staleness() == []
         clock.now_us += 20_000_000
-        await asyncio.sleep(0.5)
+        assert len(await service.check_staleness()) == 1
         clock.now_us += 60_000_000
-        await asyncio.sleep(0.5)
+        assert await service.check_staleness() == []  # once per silence
         runner.cancel()
     alerts = [
         contracts.decode_alert(v)

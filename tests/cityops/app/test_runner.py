@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 
@@ -43,11 +44,15 @@ def test_a_refused_password_is_fatal(stack: Stack, uid: str) -> None:
     assert restart_delay(result.returncode, 0) is None
 
 
-async def test_an_absent_broker_is_waited_for_and_sigterm_still_stops_at_once(stack: Stack, uid: str) -> None:
+async def test_an_absent_broker_is_waited_for_and_sigterm_still_stops_at_once(
+    stack: Stack, uid: str, tmp_path: Path
+) -> None:
     """Not an exit: the gateway waits for its broker (reporting it in /healthz) however long
     it is away, and a SIGTERM while it waits ends it cleanly within seconds."""
     port = free_port()
-    proc = _spawn(uid, CITYOPS_GATEWAY_METRICS_PORT=str(port), CITYOPS_MQTT_PORT=str(free_port()))
+    proc = _spawn(
+        uid, CITYOPS_GATEWAY_METRICS_PORT=str(port), CITYOPS_MQTT_PORT=str(free_port()), CITYOPS_STATE_DIR=str(tmp_path)
+    )
     try:
         await eventually(lambda: _mqtt_down(port), timeout=60)
         assert proc.poll() is None
