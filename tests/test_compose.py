@@ -111,3 +111,11 @@ def test_the_wall_reads_pipeline_health_from_the_compose_services(monkeypatch: p
     }
     # The anchor's shared settings are still there (the merge key keeps them).
     assert env["CITYOPS_PG_DSN"].endswith("@postgres:5432/cityops")
+
+
+def test_every_long_running_service_restarts_and_the_services_report_health() -> None:
+    for name, service in SERVICES.items():
+        expected = "no" if name == "provision" else "unless-stopped"
+        assert service.get("restart") == expected, name
+    for name, port in (("gateway", 9101), ("stream", 9102), ("api", 8080)):
+        assert f"http://127.0.0.1:{port}/healthz" in " ".join(SERVICES[name]["healthcheck"]["test"]), name
