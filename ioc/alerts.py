@@ -1,27 +1,38 @@
 """The alert feed: alerts topic -> ``alerts`` table -> incidents (``ioc.incidents``) -> live events.
 
-Delivery: offsets are committed after the alerts are stored and placed. A replay re-reads
-alerts that are already stored; ``alert_id`` deduplicates them, and only newly stored alerts are
-placed and published. A crash between storing and placing leaves those alerts stored without an
-incident (logged at the next start); nothing is paged twice.
+Delivery: at least once into the database, exactly once onto the wall. A batch's offsets are
+committed only after its alerts are stored and placed (one transaction, ``Desk.receive``). A
+replay re-reads alerts that are already stored; ``alert_id`` deduplicates them, and only newly
+stored alerts are placed and published, so nothing is paged twice.
+
+Outages: while PostgreSQL is away the feed retries the *same* batch in place (it neither skips
+nor commits an alert it has not stored) once the database answers again; while Kafka is away
+the consumer reconnects by itself and a commit waits for it. At stop, the offsets of what was
+stored are committed if Kafka takes them within ``close_timeout_s``; otherwise the next owner
+replays them (and stores nothing twice).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import psycopg
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import CommitFailedError
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
 
 from cityops.core import log
-from cityops.core.aio import AsyncService
+from cityops.core.aio import AsyncService, close_quietly
 from cityops.core.contracts import Alert, decode_alert, now_us, to_datetime
 from cityops.core.kafka import make_consumer
 from ioc import metrics
+from ioc.errors import IocError
+from ioc.outages import KAFKA, POSTGRES, Outages
 from ioc.settings import IocSettings
 
 if TYPE_CHECKING:
@@ -50,12 +61,20 @@ def alert_json(alert: Alert) -> dict[str, Any]:
     return body
 
 
+Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+
 class AlertFeed(AsyncService):
-    def __init__(self, settings: IocSettings, desk: Desk, *, clock: Callable[[], int] = now_us) -> None:
+    def __init__(
+        self, settings: IocSettings, desk: Desk, outages: Outages, *, clock: Callable[[], int] = now_us
+    ) -> None:
         self.settings = settings
         self._desk = desk
+        self._outages = outages
         self._clock = clock
         self._consumer: AIOKafkaConsumer | None = None
+        # Offsets (next to read) of alerts stored but not committed yet.
+        self._stored: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
         s = self.settings
@@ -65,14 +84,36 @@ class AlertFeed(AsyncService):
         await self._consumer.start()
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        """Commits what was stored (if Kafka answers in time), then leaves the group; neither
+        waits past ``close_timeout_s`` for a Kafka that is gone."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        if self._stored:
+            try:
+                async with asyncio.timeout(self.settings.close_timeout_s):
+                    await self._commit(consumer)
+            except (KafkaError, TimeoutError) as exc:
+                _log.warning("stored alerts' offsets not committed at stop; they will be replayed", error=repr(exc))
+        await close_quietly(consumer.stop(), timeout_s=self.settings.close_timeout_s)
+
+    async def probe(self) -> None:
+        """Ask Kafka for its metadata: raises (retriable) while no broker answers."""
+        assert self._consumer is not None, "start() first"
+        try:
+            await self._consumer.topics()
+        except KafkaError as exc:
+            # aiokafka says "no broker answered" with a bare KafkaError (not retriable to it):
+            # an outage all the same. A refusal (authorisation) stays final.
+            if type(exc) is KafkaError or isinstance(exc, KafkaConnectionError) or exc.retriable:
+                raise IocError(f"Kafka unreachable: {exc}", retriable=True) from exc
+            raise
 
     async def run(self) -> None:
-        assert self._consumer is not None, "start() first"
+        consumer = self._consumer
+        assert consumer is not None, "start() first"
         while True:
-            batch = await self._consumer.getmany(timeout_ms=200)
+            batch: Batch = await self._outages.call(KAFKA, lambda: consumer.getmany(timeout_ms=200))
             if not batch:
                 continue
             alerts: list[Alert] = []
@@ -86,20 +127,31 @@ class AlertFeed(AsyncService):
             metrics.ALERTS_IN.inc(len(alerts))
             # Stored, placed and published before the offset is committed: a crash in between
             # replays alerts that are already stored, and only new ones are placed, so nothing
-            # pages twice.
-            new = await self._receive(alerts)
+            # pages twice. A database outage retries this same batch until it is stored.
+            new = await self._outages.call(POSTGRES, functools.partial(self._receive, alerts))
             for alert in new:
                 metrics.LATENCY.observe(max(0.0, (self._clock() - alert.ts_us) / 1e6))
-            try:
-                await self._consumer.commit()
-            except CommitFailedError as exc:
-                # Rebalanced under us: the new owner replays; stored alerts are not pushed twice.
-                metrics.ERRORS.labels("commit").inc()
-                _log.warning("offset commit failed after rebalance", error=str(exc))
             for tp, records in batch.items():
-                hw = self._consumer.highwater(tp)
+                self._stored[tp] = max(self._stored.get(tp, 0), records[-1].offset + 1)
+            await self._outages.call(KAFKA, lambda: self._commit(consumer))
+            for tp, records in batch.items():
+                hw = consumer.highwater(tp)
                 if hw is not None and records:
                     metrics.LAG.labels(str(tp.partition)).set(max(0, hw - records[-1].offset - 1))
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit the stored offsets of the partitions still ours; aiokafka waits for the
+        coordinator (a Kafka outage) by itself."""
+        mine = consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(offset, "") for tp, offset in self._stored.items() if tp in mine}
+        try:
+            if offsets:
+                await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # Rebalanced under us: the new owner replays; stored alerts are not pushed twice.
+            metrics.ERRORS.labels("commit").inc()
+            _log.warning("offset commit failed after rebalance", error=str(exc))
+        self._stored.clear()
 
     async def _receive(self, alerts: list[Alert]) -> list[Alert]:
         """The desk takes the batch; if the database refuses its data (a value no contract check

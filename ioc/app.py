@@ -16,12 +16,15 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import PoolTimeout
 
 from cityops.core import log
+from cityops.core.errors import is_retriable
 from cityops.core.version import VERSION
 from ioc.centre import Centre
 from ioc.clock import Clock, utcnow
 from ioc.errors import RequestError
+from ioc.outages import POSTGRES, is_outage
 from ioc.routes import crews, incidents, live, operations
 from ioc.settings import IocSettings
 
@@ -47,18 +50,28 @@ def create_app(settings: IocSettings | None = None, *, clock: Clock = utcnow, fe
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with centre:
-            # Owned here and awaited at shutdown. If it fails, /healthz says so and
-            # ApiServer.wait() stops the server, so a supervisor restarts the process
-            # instead of leaving wall screens connected to a centre that no longer moves.
-            app.state.runner = asyncio.create_task(centre.run(), name="ioc-centre")
-            _log.info("api started")
-            try:
-                yield
-            finally:
-                app.state.runner.cancel()
-                await asyncio.gather(app.state.runner, return_exceptions=True)
-                _log.info("api stopped")
+        app.state.startup_error = None
+        try:
+            await centre.start()
+        except BaseException as exc:
+            # uvicorn only logs a failed start-up and exits: ApiServer raises this instead, so
+            # the exit code says whether a restart can help (an absent database: yes).
+            app.state.startup_error = exc
+            await centre.stop()
+            raise
+        # Owned here and awaited at shutdown. It rides out outages of its dependencies; if it
+        # fails on a final error, /healthz says so and ApiServer.wait() stops the server, so a
+        # supervisor sees the exit code instead of wall screens connected to a centre that no
+        # longer moves.
+        app.state.runner = asyncio.create_task(centre.run(), name="ioc-centre")
+        _log.info("api started")
+        try:
+            yield
+        finally:
+            app.state.runner.cancel()
+            await asyncio.gather(app.state.runner, return_exceptions=True)
+            await centre.stop()
+            _log.info("api stopped")
 
     # The docs page's Swagger UI and ReDoc from files shipped with fastapi-offline, not a CDN:
     # operators' networks often have no internet.
@@ -83,14 +96,36 @@ def create_app(settings: IocSettings | None = None, *, clock: Clock = utcnow, fe
 
     @app.get("/healthz", tags=["health"])
     async def healthz(request: Request) -> JSONResponse:
-        """200 when the database answers and the alert feed and timers run; 503 otherwise, with the reason."""
+        """200 when the database answers and Kafka is reachable; 503 otherwise, with what is
+        missing (``missing``, and each dependency's state since when) or why the centre stopped.
+        ``ws_clients``: live WebSocket clients."""
         runner: asyncio.Task[None] = request.app.state.runner
         if runner.done():
             error = None if runner.cancelled() else runner.exception()
             return JSONResponse({"status": "failing", "centre": f"stopped: {error!r}"}, status_code=503)
-        async with centre.pool.connection() as conn:
-            await conn.execute("SELECT 1")
-        return JSONResponse({"status": "ok", "centre": "running", "ws_clients": len(centre.hub)})
+        body: dict[str, Any] = {**centre.health.report(), "centre": "running", "ws_clients": len(centre.hub)}
+        missing = centre.health.missing()
+        if POSTGRES not in missing:
+            # Bounded: a database that stopped answering makes this a 503, never a hang or a 500.
+            since = asyncio.get_running_loop().time()
+            try:
+                async with asyncio.timeout(settings.health_check_s):
+                    async with centre.pool.connection(timeout=settings.health_check_s) as conn:
+                        await conn.execute("SELECT 1")
+            except Exception as exc:
+                if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, PoolTimeout) and is_outage(exc):
+                    # The connection broke (the server went away): the centre hears it now, not
+                    # at its next use. A slow answer alone (load) does not say so.
+                    centre.outages.lost(POSTGRES, exc, since=since)
+                missing.append(POSTGRES)
+                body["dependencies"] = {
+                    **body["dependencies"],
+                    POSTGRES: {"up": False, "error": f"health check failed: {type(exc).__name__}"},
+                }
+        body["missing"] = missing
+        if missing:
+            body["status"] = "degraded"
+        return JSONResponse(body, status_code=503 if missing else 200)
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
@@ -101,6 +136,16 @@ def create_app(settings: IocSettings | None = None, *, clock: Clock = utcnow, fe
     @app.exception_handler(ValueError)
     async def value_error(_: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def database_unreachable(_: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        # During an outage (a retriable error: the pool timed out, the connection dropped) a
+        # request is told to come back, as /healthz says; anything else is the server's fault.
+        if is_retriable(exc):
+            body = {"detail": "database unreachable; try again shortly", "missing": [POSTGRES]}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        _log.error("database error", error=repr(exc))
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
 
     @app.exception_handler(psycopg.DataError)
     async def data_error(_: Request, exc: psycopg.DataError) -> JSONResponse:

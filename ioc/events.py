@@ -111,15 +111,36 @@ class EventLog:
         self._hub = hub
         self._clock = clock
         self._lock = asyncio.Lock()
+        # Ids of events whose unit failed with the database connection: if it broke during
+        # COMMIT they may be stored, so the next unit looks and publishes those that are.
+        self._unsure: list[int] = []
 
     @contextlib.asynccontextmanager
     async def unit(self) -> AsyncIterator[Unit]:
         async with self._lock, self._pool.connection() as conn:
-            async with conn.transaction():
-                unit = Unit(conn, self._clock())
-                yield unit
+            if self._unsure:
+                await self._publish_unsure(conn)
+            unit = Unit(conn, self._clock())
+            try:
+                async with conn.transaction():
+                    yield unit
+            except psycopg.OperationalError:
+                self._unsure += [event["id"] for _, event in unit.events]
+                raise
             for channel, event in unit.events:
                 self._hub.publish(channel, event)
+
+    async def _publish_unsure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Connected clients get every committed event: an event committed just before the
+        connection broke (its unit raised) is published now, in order, before newer ones."""
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "SELECT event_id, channel, body FROM ioc_events WHERE event_id = ANY(%s) ORDER BY event_id",
+            (self._unsure,),
+        )
+        for row in await cur.fetchall():
+            self._hub.publish(row["channel"], {"id": int(row["event_id"]), **row["body"]})
+        self._unsure = []
 
     @contextlib.asynccontextmanager
     async def view(self) -> AsyncIterator[tuple[Unit, int]]:

@@ -36,6 +36,30 @@ class IocSettings(DatabaseSettings):
     ws_queue_size: int = 1_000
     max_page: int = 10_000
 
+    # Reliability. Outages of PostgreSQL or Kafka are ridden out: the centre reports the
+    # dependency down (/healthz, cityops_dependency_up, the wall), probes it with backoff up to
+    # ``backoff_max_s`` (so it flows again within seconds of its return) and carries on.
+    backoff_max_s: float = 2.0
+    probe_timeout_s: float = 3.0
+    # How often Kafka is asked for its metadata while the alert feed waits for alerts: the
+    # consumer itself reconnects silently, so without asking an outage would go unreported.
+    kafka_probe_s: float = 5.0
+    # A request (or a loop) waits this long for a database connection before it is refused
+    # (503: database unreachable).
+    pool_timeout_s: float = 10.0
+    # /healthz's own database check: bounded, so it answers 503 instead of hanging.
+    health_check_s: float = 2.0
+    # WebSocket clients that went away without a close: keepalive pings find a silent peer
+    # within ``ws_ping_s + ws_ping_timeout_s``, and a send that cannot go out within
+    # ``ws_send_timeout_s`` (the peer stopped reading) drops the client.
+    ws_ping_s: float = 10.0
+    ws_ping_timeout_s: float = 10.0
+    ws_send_timeout_s: float = 10.0
+    # SIGTERM: connections and requests still open after this many seconds are cancelled.
+    shutdown_grace_s: int = 3
+    # Closing a client whose peer is gone (Kafka's group leave, the pool) takes at most this long.
+    close_timeout_s: float = 3.0
+
     # Outside development there are no usable secret defaults: the service refuses to start
     # without CITYOPS_API_JWT_SECRET, and no demo accounts are created.
     environment: Environment = Environment.DEVELOPMENT

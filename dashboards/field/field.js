@@ -494,6 +494,7 @@
     banner();
   }
 
+  let resyncAsked = false;
   function connect() {
     clearTimeout(retryTimer);
     if (!session || (ws && ws.readyState <= WebSocket.OPEN)) return;
@@ -515,8 +516,10 @@
         return;
       }
       if (!session) return;
-      // 1013: the server asks for a resync: at once. Otherwise back off, with jitter.
-      const delay = e.code === 1013 ? 0 : Math.min(RETRY_MAX_MS, 1000 * 2 ** retries) * (0.75 + Math.random() / 2);
+      // 1013 after a resync notice: at once. Otherwise (1013 alone: the centre cannot reach its
+      // database yet) back off, with jitter.
+      const delay = e.code === 1013 && resyncAsked ? 0 : Math.min(RETRY_MAX_MS, 1000 * 2 ** retries) * (0.75 + Math.random() / 2);
+      resyncAsked = false;
       retries += 1;
       retryTimer = setTimeout(connect, delay);
     };
@@ -535,7 +538,11 @@
       setLive(true);
       return;
     }
-    if (ev.type === "resync") return; // the server closes with 1013 next; we come back with lastId
+    if (ev.type === "resync") { // the server closes with 1013 next; we come back with lastId
+      resyncAsked = true;
+      return;
+    }
+    if (ev.type === "health") return; // what the centre cannot reach; no change to the jobs
     if (typeof ev.id === "number") lastId = ev.id;
     lastUpdate = new Date().toISOString();
     if (ev.type === "job" && ev.incident) apply(ev.incident, true);

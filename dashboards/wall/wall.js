@@ -1,7 +1,8 @@
 // The wall follows /ws/wall: a snapshot of everything, then numbered events. On any disconnect
 // it says so at once (the screen greys out: no stale data shown as live) and reconnects with the
 // last event id it applied, so the server replays exactly what it missed; if it cannot, it sends
-// a new snapshot. The map needs no internet: district outlines come from GET /map, and tiles
+// a new snapshot. When the IOC cannot reach a dependency (its database, Kafka) the connection
+// stays up and a banner says what is not updating, until a pulse says it is back. The map needs no internet: district outlines come from GET /map, and tiles
 // only when the deployment configured a tile URL.
 "use strict";
 const $ = (id) => document.getElementById(id);
@@ -11,6 +12,12 @@ const STATE_COLOUR = { healthy: "#2ea043", alerting: "#f85149", offline: "#8b949
 const state = {
   incidents: new Map(), alerts: [], crews: new Map(), maintenance: new Map(), devices: new Map(),
   kpis: null, vitals: null, pipeline: null, areas: [], outlines: null, map: null, last: null,
+  missing: [], dependencies: {},
+};
+// What each missing dependency means for the people watching the wall.
+const MISSING = {
+  postgres: "Database unreachable: incidents and readings are not updating",
+  kafka: "Alert feed (Kafka) unreachable: new alerts are not arriving",
 };
 let token = sessionStorage.getItem("cityops-token");
 let selected = null;
@@ -278,8 +285,20 @@ function renderKpis() {
     { key: "latency", bad: p.latency_p95_s > 5 }));
   $("kpis").replaceChildren(...tiles);
 }
+function renderHealth() {
+  const missing = state.missing || [];
+  const banner = $("deps-banner");
+  banner.hidden = missing.length === 0;
+  banner.dataset.missing = missing.join(" ");
+  banner.replaceChildren(...missing.map((name) => {
+    const since = state.dependencies?.[name]?.since;
+    const at = since ? ` — since ${new Date(since).toLocaleTimeString([], { hour12: false })}` : "";
+    return text("div", `${MISSING[name] || `${name} unreachable`}${at}`);
+  }));
+  document.body.classList.toggle("degraded", missing.length > 0);
+}
 function render() {
-  renderIncidents(); renderAlerts(); renderSide(); renderKpis(); renderMap();
+  renderIncidents(); renderAlerts(); renderSide(); renderKpis(); renderMap(); renderHealth();
   if (selected !== null && state.incidents.has(selected)) renderFacts(state.incidents.get(selected));
 }
 
@@ -436,6 +455,12 @@ function apply(m) {
     // The whole truth each time: the devices it names are not healthy, every other one is.
     for (const d of state.devices.values()) d.state = m.devices[d.device_id] || "healthy";
     state.vitals = m.vitals; state.pipeline = m.pipeline; state.kpis = m.kpis; state.areas = m.maintenance_areas;
+  }
+  // Snapshots and pulses say which dependencies are missing (none: all back); while the
+  // database is away, "health" messages say it instead of pulses.
+  if (["snapshot", "pulse", "health"].includes(m.type)) {
+    state.missing = m.missing || [];
+    state.dependencies = m.dependencies || {};
   }
   pruneClosed();
   if (m.id !== undefined) state.last = m.id;

@@ -19,15 +19,29 @@ Protocol (JSON text frames, server to client):
    reconnect (its connection is dead even if no close arrived).
 5. A client that falls ``ws_queue_size`` events behind gets ``{"type": "resync"}`` and is closed
    with 1013 (try again later): it reconnects with its last event id, and misses nothing.
+6. Dependencies: pulses (and the wall's snapshot) carry ``missing`` (the dependencies the IOC
+   cannot reach now: ``postgres``, ``kafka``) and ``dependencies`` (each one's state, since
+   when). While the database is away there is no pulse (it is read from the database): every
+   ``status_s``, and at once on a change, the wall channel gets an unnumbered
+   ``{"type": "health", "missing": [...], "dependencies": {...}}`` instead, and connections stay
+   open; the events after the outage follow in order, none missed. A client that connects
+   while the database is away gets that message and a close with 1013: it tries again later.
+
+A client that went away without a close is dropped within ``ws_ping_s + ws_ping_timeout_s``
+(keepalive pings) or, if it stopped reading, once a send has waited ``ws_send_timeout_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import psycopg
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from cityops.core import log
 from cityops.core.aio import race
+from cityops.core.errors import is_retriable
 from ioc import dispatch, maintenance, metrics
 from ioc.auth import Permission, Principal
 from ioc.centre import Centre
@@ -35,7 +49,10 @@ from ioc.errors import RequestError
 from ioc.events import SUPERVISOR, WALL, Unit, crew_channel, jsonable
 from ioc.hub import RESYNC, Subscriber
 from ioc.incidents import SELECT_INCIDENT
+from ioc.outages import POSTGRES
 from ioc.transitions import OPEN
+
+_log = log.get("ioc.live")
 
 router = APIRouter()
 
@@ -87,6 +104,7 @@ async def wall_snapshot(c: Centre, unit: Unit) -> dict[str, Any]:
         "crews": await dispatch.crews(unit, c.settings),
         "maintenance": await maintenance.current(unit),
         "pulse_s": c.settings.status_s,
+        **c.dependencies(),
         # Devices, vital signs, pipeline, KPIs, maintenance areas. The map's outlines are not
         # here: they hardly change, so screens read GET /map once instead of at every connect.
         **await c.city_status(unit),
@@ -103,9 +121,31 @@ async def crew_snapshot(c: Centre, unit: Unit, crew_id: str) -> dict[str, Any]:
     return {"type": "snapshot", "crew": crew[0] if crew else None, "jobs": jobs}
 
 
+class _Gone(Exception):
+    """The client cannot be sent to: it left, or stopped reading for ``ws_send_timeout_s``."""
+
+
+async def _send(ws: WebSocket, message: dict[str, Any], timeout_s: float) -> None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            await ws.send_json(message)
+    except TimeoutError as exc:
+        raise _Gone("stopped reading") from exc
+    except (WebSocketDisconnect, OSError) as exc:
+        raise _Gone("left") from exc
+    except RuntimeError as exc:
+        # The server already closed the socket under us (a keepalive ping went unanswered).
+        raise _Gone(str(exc)) from exc
+
+
 async def _serve(ws: WebSocket, channels: set[str], snapshot: Any) -> None:
-    """Subscribe, send a snapshot or the missed events, then live events until the client leaves."""
+    """Subscribe, send a snapshot or the missed events, then live events until the client
+    leaves; unsubscribe however it ends, so that only live clients are counted."""
     c: Centre = ws.app.state.centre
+    timeout_s = c.settings.ws_send_timeout_s
+    if not c.health.is_up(POSTGRES):
+        await _unavailable(ws, c)
+        return
     sub = c.hub.subscribe(channels)
     try:
         after = _last_event_id(ws)
@@ -117,15 +157,28 @@ async def _serve(ws: WebSocket, channels: set[str], snapshot: Any) -> None:
             else:
                 first = [{"type": "resume", "from": after}, *missed]
         for event in first:
-            await ws.send_json(event)
-        await _pump(ws, sub, current)
-    except WebSocketDisconnect:
-        pass
+            await _send(ws, event, timeout_s)
+        await _pump(ws, sub, current, timeout_s)
+    except (WebSocketDisconnect, _Gone) as exc:
+        _log.debug("websocket client gone", reason=str(exc))
+    except psycopg.OperationalError as exc:
+        if not is_retriable(exc):
+            raise
+        await _unavailable(ws, c)  # the database went away while the snapshot was read
     finally:
         c.hub.unsubscribe(sub)
 
 
-async def _pump(ws: WebSocket, sub: Subscriber, sent: int) -> None:
+async def _unavailable(ws: WebSocket, c: Centre) -> None:
+    """No snapshot or resume without the database: say what is missing, and come back later."""
+    try:
+        await _send(ws, c.health_message(), c.settings.ws_send_timeout_s)
+        await ws.close(code=TRY_AGAIN_LATER, reason="database unreachable; try again later")
+    except (_Gone, RuntimeError, OSError):
+        pass
+
+
+async def _pump(ws: WebSocket, sub: Subscriber, sent: int, timeout_s: float) -> None:
     """Send queued events newer than ``sent`` until the client leaves or must resync.
 
     The receive side runs alongside: without it a client that went away unnoticed would hold
@@ -136,12 +189,12 @@ async def _pump(ws: WebSocket, sub: Subscriber, sent: int) -> None:
         while True:
             event = await sub.queue.get()
             if event is RESYNC:
-                await ws.send_json(event)
+                await _send(ws, event, timeout_s)
                 await ws.close(code=TRY_AGAIN_LATER)
                 return
             if "id" in event and event["id"] <= sent:  # pulses have none: always current
                 continue
-            await ws.send_json(event)
+            await _send(ws, event, timeout_s)
             metrics.WS_SENT.inc()
 
     async def receive() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
 from playwright.async_api import Browser
@@ -10,7 +12,9 @@ from cityops.core import contracts, schema
 from cityops.core.contracts import DeviceKind, Topics
 from cityops.core.registry import Device
 from cityops.devstack import Stack
+from cityops.devstack.postgres import Postgres
 from ioc import ApiServer
+from tests.conftest import private_dsn
 from tests.dashboards.conftest import ARTIFACTS
 from tests.helpers import make_alert, produce
 from tests.ioc.conftest import ioc_settings
@@ -94,3 +98,48 @@ async def test_a_wall_left_running_outlives_its_login(
         await page.wait_for_selector("#state.lost", timeout=5_000)
         await page.wait_for_selector("#state:text('live')", timeout=10_000)
         assert not await page.locator("#login").is_visible()
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+async def test_the_wall_says_the_database_is_missing_and_stays_live_through_the_outage(
+    stack: Stack, topics: Topics, uid: str, browser: Browser, private_postgres: Postgres
+) -> None:
+    """The IOC's own database stops under it (a private cluster): the wall keeps its
+    connection, shows what is not updating, clears it when the database is back, and the alert
+    that arrived meanwhile becomes an incident on the same screen."""
+    dsn = private_dsn(private_postgres)
+    page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+    async with ApiServer(ioc_settings(topics, dsn, uid, tick_s=1.0, status_s=1.0)) as server:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            device = Device(f"held-{uid}", DeviceKind.PIPE_NODE, 52.36, 4.90, "Centrum", {"dma": f"DMA-{uid}"})
+            await schema.upsert_devices(conn, [device])
+        await page.goto(f"{server.url}/")
+        await page.fill("#username", "viewer")
+        await page.fill("#password", "viewer")
+        await page.click("#loginform button")
+        await page.wait_for_selector("#state:text('live')", timeout=10_000)
+        assert await page.locator("#deps-banner").is_hidden()
+        # Every state the connection pill takes from now on: it must never say "lost".
+        await page.evaluate(
+            """() => {
+                const pill = document.getElementById("state");
+                window.seenStates = [];
+                new MutationObserver(() => seenStates.push(pill.textContent))
+                    .observe(pill, { childList: true, characterData: true, subtree: true });
+            }"""
+        )
+
+        await asyncio.to_thread(private_postgres.stop)
+        banner = page.locator("#deps-banner:has-text('Database unreachable')")
+        await banner.wait_for(timeout=20_000)
+        assert "incidents and readings are not updating" in await banner.inner_text()
+        await _alert(stack, topics, device.device_id)  # waits in the IOC for its database
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "wall-database-unreachable.png"))
+        await asyncio.to_thread(private_postgres.start)
+
+        await page.wait_for_selector("#deps-banner", state="hidden", timeout=20_000)
+        await page.wait_for_selector(f"#incidents tr:has-text('Water main pressure — DMA-{uid}')", timeout=20_000)
+        assert await page.locator("#state").inner_text() == "live"
+        assert not [s for s in await page.evaluate("() => window.seenStates") if s != "live"]
