@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cityops.core import log
@@ -33,6 +34,12 @@ class Outgoing:
     payload: bytes
     readings: int = 1
     values: int = 0
+    # (device id, sequence number) of each reading in the payload: what an ``on_ack`` observer
+    # (the fault benchmark's ledger) counts as acknowledged.
+    keys: tuple[tuple[str, int], ...] = ()
+
+
+AckObserver = Callable[[Outgoing], None]
 
 
 @dataclass
@@ -65,7 +72,15 @@ class LinkConfig:
 
 class Link(AsyncService):
     def __init__(
-        self, config: LinkConfig, *, username: str, password: str, client_id: str, stats: Stats, rng: random.Random
+        self,
+        config: LinkConfig,
+        *,
+        username: str,
+        password: str,
+        client_id: str,
+        stats: Stats,
+        rng: random.Random,
+        on_ack: AckObserver | None = None,
     ) -> None:
         self.config = config
         self.username = username
@@ -73,6 +88,7 @@ class Link(AsyncService):
         self._client_id = client_id
         self._stats = stats
         self._rng = rng
+        self._on_ack = on_ack
         self.outbox: deque[Outgoing] = deque()
         self.buffered = 0  # readings in the outbox
         self.connected = False
@@ -162,3 +178,5 @@ class Link(AsyncService):
                 self.buffered -= item.readings
             self._stats.acked += item.readings
             self._stats.values_acked += item.values
+            if self._on_ack is not None:
+                self._on_ack(item)

@@ -41,7 +41,7 @@ from cityops.core.registry import device_password
 from firmware_sim import noise
 from firmware_sim.engine import Batch, Simulation
 from firmware_sim.layout import City, build_city
-from firmware_sim.links import Link, LinkConfig, Outgoing, Stats
+from firmware_sim.links import AckObserver, Link, LinkConfig, Outgoing, Stats
 from firmware_sim.payloads import device_payload, pack_payload
 from firmware_sim.scenario import PlatformFault, Scenario
 from firmware_sim.settings import SimSettings
@@ -70,8 +70,11 @@ class Simulator(AsyncService):
         *,
         city: City | None = None,
         clock: Callable[[], int] = now_us,
+        on_ack: AckObserver | None = None,
     ) -> None:
+        """``on_ack`` sees every message the broker acknowledged, with the readings it held."""
         self.settings = settings
+        self._on_ack = on_ack
         self.scenario = scenario
         self.city = city
         self._clock = clock
@@ -123,6 +126,7 @@ class Simulator(AsyncService):
                 client_id=client_id,
                 stats=self.stats,
                 rng=random.Random(rng.random()),
+                on_ack=self._on_ack,
             )
             self.links.append(link)
             return len(self.links) - 1
@@ -293,7 +297,7 @@ class Simulator(AsyncService):
             dev = outs[d]
             seq, ts = seqs[i], stamps[i]
             payload = device_payload(fleet.format, kind, seq, ts, metrics)
-            item = Outgoing(dev.topic, payload, 1, len(metrics))
+            item = Outgoing(dev.topic, payload, 1, len(metrics), ((dev.device_id, seq),))
             self.stats.sent += 1
             chosen = [f for f, mask in faults.items() if mask[i]]
             if PlatformFault.OUT_OF_ORDER in chosen and dev.held is None:
@@ -369,16 +373,20 @@ class Simulator(AsyncService):
         per_pack = self.scenario.concentrator.pack_readings
         fmt: PayloadFormat = self.scenario.concentrator.format
         records: list[dict[str, object]] = []
-        count = values = 0
+        keys: list[tuple[str, int]] = []
+        values = 0
         for i, owner in enumerate(owners):
             metrics = {n: v for n, v in zip(names, rows[i], strict=True) if v == v}
             if metrics:
-                records += senml_records(fleet.kind, fleet.ids[idx[i]], seqs[i], stamps[i], metrics)
-                count += 1
+                device_id = fleet.ids[idx[i]]
+                records += senml_records(fleet.kind, device_id, seqs[i], stamps[i], metrics)
+                keys.append((device_id, seqs[i]))
                 values += len(metrics)
             last = i + 1 == len(owners) or owners[i + 1] != owner
-            if records and (count >= per_pack or last):
+            if records and (len(keys) >= per_pack or last):
                 link = self.links[owner]
-                link.submit(Outgoing(mqtt_concentrator_topic(link.username), pack_payload(fmt, records), count, values))
-                self.stats.sent += count
-                records, count, values = [], 0, 0
+                payload = pack_payload(fmt, records)
+                topic = mqtt_concentrator_topic(link.username)
+                link.submit(Outgoing(topic, payload, len(keys), values, tuple(keys)))
+                self.stats.sent += len(keys)
+                records, keys, values = [], [], 0

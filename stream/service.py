@@ -16,11 +16,11 @@ import msgspec
 import numpy as np
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import murmur2
 
 from cityops.core import log
-from cityops.core.aio import AsyncService, close_quietly
+from cityops.core.aio import AsyncService, close_quietly, race
 from cityops.core.contracts import (
     METRICS,
     Alert,
@@ -148,13 +148,28 @@ class StreamService(AsyncService):
                         self._consumer = None
                         await close_quietly(consumer.stop())
                         raise
-                self.health.up("kafka")
+                    self.health.up("kafka")  # the new consumer reached it
                 return
             except Exception as exc:
                 if not is_retriable(exc):
                     raise
                 self._lost(exc)
                 await asyncio.sleep(backoff.next())
+
+    async def probe_kafka(self) -> None:
+        """Ask Kafka for its metadata, bounded: ``/healthz`` says whether it answered."""
+        consumer = self._consumer
+        if consumer is None:  # being reopened: _connect() reports how that goes
+            return
+        try:
+            await asyncio.wait_for(consumer.topics(), self.settings.kafka_probe_timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            # aiokafka says "no broker answered" with a bare KafkaError, final to it: an outage
+            # all the same. Nothing else here is final either: the probe only reports.
+            timeout = self.settings.kafka_probe_timeout_s
+            self.health.down("kafka", f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc)
+            return
+        self.health.up("kafka")
 
     def _lost(self, exc: BaseException) -> None:
         """A dependency failed: say which, and reconnect to the database before its next use
@@ -191,9 +206,21 @@ class StreamService(AsyncService):
         _log.info("stream stopped")
 
     async def run(self) -> None:
-        """Consume until cancelled, riding out outages of the database and of Kafka. Between
-        batches, on the writer's own connection (never inside a batch's transaction) and on the
-        injected clock: rollup maintenance, profile reloads, staleness, snapshots."""
+        """Consume until cancelled, riding out outages of the database and of Kafka, and watch
+        Kafka alongside: a batch whose commit waits for Kafka to return raises nothing, so only
+        asking tells that it is away."""
+        assert self._consumer is not None, "start() first"
+        await race(self._consume(), self._watch_kafka())
+
+    async def _watch_kafka(self) -> None:
+        while True:
+            up = self.health.is_up("kafka")
+            await asyncio.sleep(self.settings.kafka_probe_s if up else 0.5)
+            await self.probe_kafka()
+
+    async def _consume(self) -> None:
+        """Between batches, on the writer's own connection (never inside a batch's transaction)
+        and on the injected clock: rollup maintenance, profile reloads, staleness, snapshots."""
         assert self._consumer is not None, "start() first"
         s = self.settings
         due: dict[str, float] = {}

@@ -39,5 +39,10 @@ class StreamSettings(DatabaseSettings):
     # snapshot) when its peer is gone: a stop takes seconds, not a request timeout. What is
     # not flushed was not committed, so the next consumer replays it: nothing is lost.
     close_timeout_s: float = 5.0
+    # The consumer reconnects to Kafka silently (a commit just waits for it), so an outage would
+    # go unreported: alongside the batches Kafka is asked for its metadata this often (every
+    # 0.5 s while it is away, each ask bounded by ``kafka_probe_timeout_s``); /healthz says.
+    kafka_probe_s: float = 5.0
+    kafka_probe_timeout_s: float = 3.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = STREAM_METRICS_PORT

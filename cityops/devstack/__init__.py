@@ -29,7 +29,7 @@ from cityops.core.settings import (
 )
 from cityops.devstack.errors import StackError
 from cityops.devstack.kafka import Kafka
-from cityops.devstack.mosquitto import Mosquitto
+from cityops.devstack.mosquitto import Mosquitto, Persistence
 from cityops.devstack.packages import ensure_packages
 from cityops.devstack.postgres import Postgres
 from cityops.devstack.process import port_open
@@ -47,6 +47,15 @@ class StackSettings(DatabaseSettings):
 
     kafka_controller_port: int = KAFKA_CONTROLLER_PORT
     kafka_heap: str = "512m"
+    # Durability of the one-machine stack (README, "What each fault costs", measures both):
+    # - the broker saves queued messages every ``mqtt_autosave_interval`` seconds, or that many
+    #   changes with ``mqtt_autosave_on_changes``; a broker crash loses what it acknowledged to
+    #   devices since and had not handed to the gateway. ``true`` with interval 1 loses nothing.
+    # - Kafka fsyncs every ``kafka_flush_messages`` messages (unset: the OS decides); a killed
+    #   broker loses nothing either way, a machine losing power loses the unflushed tail.
+    mqtt_autosave_interval: int = Field(5, ge=1)
+    mqtt_autosave_on_changes: bool = False
+    kafka_flush_messages: int | None = Field(None, ge=1)
     topic_partitions: int = 6
     install_packages: bool = True
     fleet_secret: SecretStr = Field(SecretStr(DEVELOPMENT_FLEET_SECRET), validation_alias=shared("fleet_secret"))
@@ -70,8 +79,20 @@ class Stack:
         state = settings.state_dir
         kafka_host, kafka_port = settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
         dsn = urlsplit(settings.pg_dsn)
-        self.mosquitto = Mosquitto(state, settings.mqtt_host, settings.mqtt_port)
-        self.kafka = Kafka(state, kafka_host, int(kafka_port), settings.kafka_controller_port, heap=settings.kafka_heap)
+        self.mosquitto = Mosquitto(
+            state,
+            settings.mqtt_host,
+            settings.mqtt_port,
+            persistence=Persistence(settings.mqtt_autosave_interval, settings.mqtt_autosave_on_changes),
+        )
+        self.kafka = Kafka(
+            state,
+            kafka_host,
+            int(kafka_port),
+            settings.kafka_controller_port,
+            heap=settings.kafka_heap,
+            flush_messages=settings.kafka_flush_messages,
+        )
         self.postgres = Postgres(
             state,
             dsn.hostname or "127.0.0.1",

@@ -6,6 +6,7 @@ import os
 import pwd
 import shutil
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from cityops.core.contracts import MQTT_READINGS_FILTER, mqtt_concentrator_topic, mqtt_readings_topic
@@ -23,11 +24,14 @@ password_file {dir}/passwd
 acl_file {dir}/acl
 user {user}
 
-# Persistence: queued QoS 1 messages and persistent sessions survive a broker restart;
-# autosave every 5 s bounds what a broker crash can lose to that interval.
+# Persistence: queued QoS 1 messages and persistent sessions survive a broker restart. The
+# broker saves its state every {autosave} {autosave_unit}; a crash (SIGKILL, power) loses what it
+# acknowledged since the last save and had not yet handed to the gateway
+# (CITYOPS_STACK_MQTT_AUTOSAVE_*; README, "What each fault costs").
 persistence true
 persistence_location {data}/
-autosave_interval 5
+autosave_interval {autosave}
+autosave_on_changes {on_changes}
 
 # A gateway that is slow or restarting must not make the broker drop QoS 1 messages:
 # queue up to 1M messages per persistent session (Mosquitto's default is 1000).
@@ -47,8 +51,35 @@ log_timestamp_format %Y-%m-%dT%H:%M:%S
 """
 
 
-def render_config(*, host: str, port: int, conf_dir: Path | str, data_dir: Path | str, user: str) -> str:
-    return CONFIG.format(host=host, port=port, dir=conf_dir, data=data_dir, user=user)
+@dataclass(frozen=True)
+class Persistence:
+    """When the broker saves its state: every ``autosave_interval`` seconds or, with
+    ``autosave_on_changes``, every ``autosave_interval`` changes (1: at every message, which
+    closes the crash window at a cost in throughput that ``benchmarks.faults`` measures)."""
+
+    autosave_interval: int = 5
+    autosave_on_changes: bool = False
+
+
+def render_config(
+    *,
+    host: str,
+    port: int,
+    conf_dir: Path | str,
+    data_dir: Path | str,
+    user: str,
+    persistence: Persistence = Persistence(),
+) -> str:
+    return CONFIG.format(
+        host=host,
+        port=port,
+        dir=conf_dir,
+        data=data_dir,
+        user=user,
+        autosave=persistence.autosave_interval,
+        autosave_unit="changes" if persistence.autosave_on_changes else "seconds",
+        on_changes=str(persistence.autosave_on_changes).lower(),
+    )
 
 
 def write_credentials(
@@ -98,10 +129,11 @@ def _own(path: Path, user: str) -> None:
 
 
 class Mosquitto:
-    def __init__(self, state_dir: Path, host: str, port: int) -> None:
+    def __init__(self, state_dir: Path, host: str, port: int, *, persistence: Persistence = Persistence()) -> None:
         self.dir = state_dir / "mosquitto"
         self.host = host
         self.port = port
+        self.persistence = persistence
         self.daemon = Daemon(
             name="mosquitto",
             pid_file=self.dir / "mosquitto.pid",
@@ -137,7 +169,12 @@ class Mosquitto:
         conf = self.dir / "mosquitto.conf"
         conf.write_text(
             render_config(
-                host=self.host, port=self.port, conf_dir=self.dir, data_dir=self.dir / "data", user=self._user()
+                host=self.host,
+                port=self.port,
+                conf_dir=self.dir,
+                data_dir=self.dir / "data",
+                user=self._user(),
+                persistence=self.persistence,
             )
         )
         for path in (self.dir, self.dir / "data"):

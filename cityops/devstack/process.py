@@ -109,6 +109,20 @@ class Daemon:
         self.pid_file.unlink(missing_ok=True)
         return True
 
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> bool:
+        """Send ``sig`` (a crash or a freeze, for fault tests); after SIGKILL, wait until the
+        process is gone. Returns whether a process got the signal."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, sig)
+        if sig == signal.SIGKILL:
+            deadline = time.monotonic() + 10
+            while self.pid() is not None and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.05)
+        return True
+
 
 def _reap(pid: int) -> None:
     try:

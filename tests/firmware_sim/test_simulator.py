@@ -66,7 +66,10 @@ async def test_concentrators_publish_for_many_devices_and_the_gateway_takes_ever
     assert {d.concentrator for d in city.devices} == {f"t{uid}-conc-lamp-{i:03d}" for i in (1, 2, 3)} | {
         f"t{uid}-conc-env-001"
     }
-    async with Simulator(SimSettings(topic_prefix=topics.prefix), scenario, city=city) as sim:
+    acked: list[tuple[str, int]] = []
+    async with Simulator(
+        SimSettings(topic_prefix=topics.prefix), scenario, city=city, on_ack=lambda item: acked.extend(item.keys)
+    ) as sim:
         assert sim.sim is not None
         stats = await sim.run(until_us=sim.sim.t0 + 9 * 60 * 1_000_000)
     assert stats.links == 4 and stats.acked == stats.sent == 150 * 9 * 12  # 9 min, one reading per 5 s
@@ -75,6 +78,9 @@ async def test_concentrators_publish_for_many_devices_and_the_gateway_takes_ever
         for v in await read_topic(stack.settings.kafka_bootstrap, topics.readings, expect=stats.acked, timeout=60)
     ]
     assert len({(r.device_id, r.seq) for r in readings}) == stats.acked
+    # The acknowledgement observer names exactly the readings that reached the gateway.
+    assert len(acked) == len(set(acked)) == stats.acked
+    assert set(acked) == {(r.device_id, r.seq) for r in readings}
     assert sum(len(r.metrics) for r in readings) == stats.values_acked
     assert {r.kind for r in readings} == {"lamp_pole", "env_station"}
     lamp = next(r for r in readings if r.kind == "lamp_pole")
