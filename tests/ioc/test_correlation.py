@@ -160,7 +160,11 @@ async def test_a_simulated_cabinet_outage_becomes_one_incident(
     common = {"topic_prefix": topics.prefix, "pg_dsn": database}
     try:
         async with (
-            StreamService(StreamSettings(**common, group_id=f"stream-{uid}", metrics_port=-1)) as stream,
+            # The devices fall silent once the replay ends; on a slow machine the wait below would
+            # outlast their staleness limit and add "Device offline" incidents: not what this tests.
+            StreamService(
+                StreamSettings(**common, group_id=f"stream-{uid}", metrics_port=-1, stale_check_s=3600)
+            ) as stream,
             ApiServer(ioc_settings(topics, database, uid, tick_s=1.0)) as api,
             Gateway(
                 GatewaySettings(**common, mqtt_client_id=f"gw-{uid}", mqtt_clean_session=True, metrics_port=-1)
