@@ -6,6 +6,11 @@ MESSAGES_IN = Counter("cityops_stream_messages_in_total", "Kafka reading message
 ROWS_STORED = Counter("cityops_stream_rows_stored_total", "Reading rows newly stored")
 ROWS_DUPLICATE = Counter("cityops_stream_rows_duplicate_total", "Reading rows already stored (replays)")
 ALERTS_OUT = Counter("cityops_stream_alerts_out_total", "Alerts published", ["detector"])
+SILENCES = Counter(
+    "cityops_stream_silence_alerts_total",
+    "Staleness alerts: incident (a device silent), sensor_fault (one metric), platform (the feed)",
+    ["alert_class"],
+)
 DEAD_LETTERS = Counter("cityops_stream_dead_letters_total", "Undecodable Kafka messages dead-lettered")
 ERRORS = Counter("cityops_stream_errors_total", "Batches that failed", ["stage"])
 BATCH_SIZE = Histogram("cityops_stream_batch_messages", "Messages per processed batch", buckets=BATCH_BUCKETS)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 
 import msgspec
 import numpy as np
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.partitioner import murmur2
 
 from cityops.core import log
@@ -27,6 +28,7 @@ from cityops.core.contracts import (
     DeadLetter,
     DeviceKind,
     Reading,
+    TruthCategory,
     decode_reading,
     encode,
     now_us,
@@ -37,7 +39,20 @@ from cityops.core.health import Backoff, Health
 from cityops.core.kafka import make_consumer, make_producer
 from cityops.core.metrics import MetricsServer
 from stream import metrics
-from stream.detectors import BOOL, DT, I64, LAST_TS, LAST_X, Detector, DetectorConfig, Kind, Scored, compile_kernels
+from stream.detectors import (
+    BOOL,
+    DT,
+    I64,
+    LAST_TS,
+    LAST_X,
+    STALE,
+    Detector,
+    DetectorConfig,
+    Kind,
+    N,
+    Scored,
+    compile_kernels,
+)
 from stream.errors import ConfigError
 from stream.profiles import ProfileFile
 from stream.series import SeriesIndex
@@ -47,6 +62,9 @@ from stream.store import ReadingStore, Rows, all_states, history, save_states
 _log = log.get("stream")
 
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+# A series' STALE flag (detector state): 1 silent on its own, this value silent with the feed.
+_SILENT_WITH_FEED = 2.0
 
 
 class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -76,10 +94,14 @@ class StreamService(AsyncService):
         self._profiles = ProfileFile(settings.profiles)
         self._kinds: list[str] = []  # device class per series id
         self._dirty: set[int] = set()  # series whose state changed since the last snapshot
-        # Stream time per partition: the newest reading's timestamp, and the wall clock when it
+        # Stream time per partition: the newest reading's timestamp, and the clock when it
         # arrived. Partitions catch up unevenly after a backlog; judging silence against the
         # one furthest ahead would call every series of a lagging partition stale.
         self._newest: dict[int, tuple[int, int]] = {}
+        # The clock when each partition was last seen read to its end: silence is only
+        # silence while there is nothing left to read (see ``stream_time``).
+        self._drained: dict[int, int] = {}
+        self._silent_with_feed: set[int] = set()  # series marked silent by a feed-wide silence
         self._caught_up = False  # the last poll found nothing: the stream is live
         # Rebalance callbacks run while a batch may be suspended mid-way: restoring, replaying
         # and scoring take this lock, so no series is folded twice.
@@ -313,52 +335,173 @@ class StreamService(AsyncService):
         if newest_us > self._newest.get(partition, (0, 0))[0]:
             self._newest[partition] = (newest_us, self._clock())
 
+    def drained(self, partition: int, at_us: int) -> None:
+        """At ``at_us`` (this service's clock) the consumer had read all that ``partition`` held."""
+        if at_us > self._drained.get(partition, 0):
+            self._drained[partition] = at_us
+
     def stream_time(self) -> int:
-        """The newest reading's time, advanced by the wall clock since it arrived, in the
-        partition furthest behind: while the consumer catches up with a backlog, silence is
-        judged against the data, not the clock. Before any reading, once a poll finds nothing
-        to catch up: the clock (a whole city that fell silent while no consumer ran is still
-        noticed)."""
+        """How far the pipeline has got, in the partition furthest behind: its newest reading's
+        time, advanced by the clock only over the time the partition was known read to its end.
+
+        So silence is judged by the pipeline's own progress: while the consumer lags (a
+        backlog, a Kafka outage) or this service pauses (a long batch, rollup maintenance, a
+        stalled event loop) time stands still, and no series is stale merely because its
+        readings wait unread. Before any reading, once a poll finds nothing to catch up: the
+        clock (a whole city that fell silent while no consumer ran is still noticed)."""
         if not self._newest:
             return self._clock() if self._caught_up else 0
+        return min(
+            newest + max(0, self._drained.get(partition, at) - at) for partition, (newest, at) in self._newest.items()
+        )
+
+    async def note_progress(self) -> None:
+        """Mark the partitions the consumer has read to their end. What the broker holds is
+        known as of the consumer's last fetch for the partition, so the mark is put back by
+        that fetch's age: a fetch from before a stall says nothing about the stall."""
+        consumer = self._consumer
+        if consumer is None:
+            return
         now = self._clock()
-        return min(newest + max(0, now - at) for newest, at in self._newest.values())
+        wall_ms = time.time() * 1000.0  # the fetcher stamps fetches with the wall clock
+        for tp in consumer.assignment():
+            if tp.topic != self._topics.readings:
+                continue
+            try:
+                high, fetched = consumer.highwater(tp), consumer.last_poll_timestamp(tp)
+                if high is None or fetched is None or await consumer.position(tp) < high:
+                    continue
+            except IllegalStateError:  # revoked meanwhile
+                continue
+            self.drained(tp.partition, now - max(0, int((wall_ms - fetched) * 1000.0)))
 
     async def check_staleness(self) -> list[Alert]:
-        """Alert once for every series that went silent for several of its usual intervals."""
+        """Alert once per silence, judged in stream time (``stream_time``):
+
+        * a device that stopped reporting: one alert for all its metrics (class ``incident``:
+          a power loss looks like this), on the metric it sent most often;
+        * a metric that stopped while its device goes on reporting: ``sensor_fault``;
+        * most of the feed at once (``mass_silence_share``): one ``platform`` alert for all of
+          them; the devices still silent once the feed is back are then judged one by one.
+        """
         assert self._producer is not None
+        await self.note_progress()
         now = self.stream_time()
         if not now:
             return []
+        count = len(self.series)
+        state = self.detector.state
+        self._release_after_feed_silence(count)
+        reporting = (state[:count, STALE] == 0.0) & (state[:count, N] >= 2.0)
+        devices_reporting = np.unique(self.series.devices()[reporting]).size
+        silent_devices: dict[int, int] = {}  # device -> the series that showed it
         alerts = []
-        for sid in self.detector.stale(len(self.series), now).tolist():
-            device_id, metric = self.series.key(sid)
-            last_ts = int(self.detector.state[sid, LAST_TS])
-            interval = float(self.detector.state[sid, DT])
-            gap = (now - last_ts) / 1e6
-            alerts.append(
-                Alert(
-                    alert_id=Alert.make_id(device_id, metric, now, Kind.STALENESS.label),
-                    device_id=device_id,
-                    kind=self._kinds[sid],
-                    metric=metric,
-                    ts_us=now,
-                    value=float(self.detector.state[sid, LAST_X]),
-                    score=1.0,
-                    detector=Kind.STALENESS.label,
-                    baseline=interval,
-                    spread=0.0,
-                    window=int(self.detector.profile(sid).stale_intervals),
-                    seq=-1,
-                    gateway_us=now,
-                    emitted_us=self._clock(),
-                    detectors=[Kind.STALENESS.label],
-                    explanation=f"no {metric} reading for {gap:.0f} s; it usually comes every {interval:.3g} s",
-                )
-            )
+        newly = self.detector.stale(count, now)
+        for sid in newly.tolist():
+            siblings = self.series.siblings(sid)
+            device_gap_s = (now - max(state[x, LAST_TS] for x in siblings)) * 1e-6
+            if device_gap_s >= self._stale_limit_s(sid):
+                silent_devices.setdefault(self.series.device(sid), sid)
+            else:
+                alerts.append(self._silence_alert(sid, now, TruthCategory.SENSOR_FAULT))
+        s = self.settings
+        if silent_devices and len(silent_devices) >= max(
+            s.mass_silence_min_devices, s.mass_silence_share * devices_reporting
+        ):
+            # Not the metrics already silent on their own before: they were alerted on then.
+            every = np.array([x for sid in silent_devices.values() for x in self.series.siblings(sid)], np.int64)
+            quiet = every[(state[every, STALE] == 0.0) | np.isin(every, newly)].tolist()
+            state[quiet, STALE] = _SILENT_WITH_FEED
+            self._silent_with_feed.update(quiet)
+            alerts.append(self._feed_alert(len(silent_devices), devices_reporting, silent_devices.values(), now))
+        else:
+            for sid in silent_devices.values():
+                siblings = self.series.siblings(sid)
+                # One alert for the device: its slower metrics must not alert on their own later.
+                state[siblings, STALE] = np.maximum(state[siblings, STALE], 1.0)
+                shown = min(siblings, key=lambda x: (state[x, DT] if state[x, DT] > 0.0 else np.inf, x))
+                alerts.append(self._silence_alert(shown, now, TruthCategory.INCIDENT, n_metrics=len(siblings)))
         if alerts:
+            for a in alerts:
+                metrics.SILENCES.labels(a.alert_class.value).inc()
             await asyncio.gather(*[await self._send_alert(a) for a in alerts])
         return alerts
+
+    def _stale_limit_s(self, sid: int) -> float:
+        p = self.detector.profile(sid)
+        return max(p.stale_intervals * float(self.detector.state[sid, DT]), p.stale_min_s)
+
+    def _release_after_feed_silence(self, count: int) -> None:
+        """Once most of the devices that went silent with the feed report again, the feed is
+        back: the rest are silent on their own, and are judged again (and alerted on) now."""
+        if not self._silent_with_feed:
+            return
+        quiet = np.fromiter(self._silent_with_feed, np.int64)
+        quiet = quiet[quiet < count]
+        still = quiet[self.detector.state[quiet, STALE] == _SILENT_WITH_FEED]
+        if still.size <= (1.0 - self.settings.mass_silence_share) * quiet.size:
+            self.detector.state[still, STALE] = 0.0
+            self._silent_with_feed.clear()
+            _log.info("feed back", silent_devices_left=int(np.unique(self.series.devices()[still]).size))
+
+    def _silence_alert(self, sid: int, now: int, cls: TruthCategory, *, n_metrics: int = 1) -> Alert:
+        device_id, metric = self.series.key(sid)
+        last_ts = int(self.detector.state[sid, LAST_TS])
+        interval = float(self.detector.state[sid, DT])
+        gap = (now - last_ts) / 1e6
+        if cls is TruthCategory.SENSOR_FAULT:
+            explanation = (
+                f"{device_id} reports, but no {metric} for {gap:.0f} s; it usually comes every {interval:.3g} s"
+            )
+        else:
+            what = f"none of its {n_metrics} metrics" if n_metrics > 1 else metric
+            explanation = f"no reading for {gap:.0f} s ({what}); it usually reports every {interval:.3g} s"
+        return Alert(
+            alert_id=Alert.make_id(device_id, metric, now, Kind.STALENESS.label),
+            device_id=device_id,
+            kind=self._kinds[sid],
+            metric=metric,
+            ts_us=now,
+            value=float(self.detector.state[sid, LAST_X]),
+            score=1.0,
+            detector=Kind.STALENESS.label,
+            baseline=interval,
+            spread=0.0,
+            window=int(self.detector.profile(sid).stale_intervals),
+            seq=-1,
+            gateway_us=now,
+            emitted_us=self._clock(),
+            detectors=[Kind.STALENESS.label],
+            explanation=explanation,
+            alert_class=cls,
+        )
+
+    def _feed_alert(self, silent: int, reporting: int, shown_by: Iterable[int], now: int) -> Alert:
+        kinds = Counter(self._kinds[sid] for sid in shown_by)
+        which = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+        feed = f"feed/{self._topics.readings}"
+        return Alert(
+            alert_id=Alert.make_id(feed, "*", now, Kind.STALENESS.label),
+            device_id=feed,
+            kind="feed",
+            metric="*",
+            ts_us=now,
+            value=float(silent),
+            score=1.0,
+            detector=Kind.STALENESS.label,
+            baseline=float(reporting),
+            spread=0.0,
+            window=0,
+            seq=-1,
+            gateway_us=now,
+            emitted_us=self._clock(),
+            detectors=[Kind.STALENESS.label],
+            explanation=(
+                f"{silent} of {reporting} reporting devices fell silent at once ({which}): the feed stopped "
+                "upstream of the stream tier (gateways, MQTT broker or network), not the devices"
+            ),
+            alert_class=TruthCategory.PLATFORM,
+        )
 
     async def save_states(self, series: list[int], conn: psycopg.AsyncConnection[object] | None = None) -> None:
         """Snapshot these series' detector state to PostgreSQL."""
@@ -605,6 +748,7 @@ class StreamService(AsyncService):
     def forget(self, partitions: list[int]) -> None:
         for partition in partitions:
             self._newest.pop(partition, None)
+            self._drained.pop(partition, None)
             owned = self._series_by_partition.pop(partition, set())
             if owned:
                 self.detector.reset(np.fromiter(owned, np.int64))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from cityops.core.settings import STREAM_METRICS_PORT, DatabaseSettings
@@ -23,8 +24,15 @@ class StreamSettings(DatabaseSettings):
     profiles: Path = DEFAULT_FILE
     profiles_check_s: float = 2.0
     # Silent series are looked for this often (staleness alerts), in stream time: the newest
-    # reading's time, advanced by the wall clock since it arrived.
+    # reading's time, advanced by the clock only while the consumer has nothing left to read.
     stale_check_s: float = 10.0
+    # Most of the feed silent at once is the pipeline upstream (the gateways, the broker, the
+    # network), not the devices: when, in one check, at least this share of the devices that
+    # were reporting (and at least ``mass_silence_min_devices``) fall silent, one platform
+    # alert says so instead of one per device. Devices still silent when the feed is back are
+    # then judged, and alerted on, one by one.
+    mass_silence_share: float = Field(0.5, gt=0.0, le=1.0)
+    mass_silence_min_devices: int = Field(20, ge=1)
     # Detector state goes to PostgreSQL this often, at stop and when partitions move away, so
     # a restarted or rebalanced consumer resumes it and replays the readings stored since.
     snapshot_interval_s: float = 60.0

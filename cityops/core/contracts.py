@@ -277,6 +277,13 @@ class Reading(msgspec.Struct, frozen=True):
                 raise ValueError(f"{name} = {value} is outside [{spec.low}, {spec.high}]")
 
 
+class TruthCategory(enum.StrEnum):
+    INCIDENT = "incident"  # something happened in the city: operators must see it
+    SENSOR_FAULT = "sensor_fault"  # the sensor lies: detectors should flag it, crews fix sensors
+    PLATFORM = "platform"  # the message itself is bad: the gateway must dead-letter or absorb it
+    # (for an alert: the pipeline upstream of the detectors stopped, not the devices)
+
+
 class Alert(msgspec.Struct, frozen=True):
     """An anomaly the stream tier found in one series (device x metric).
 
@@ -302,6 +309,10 @@ class Alert(msgspec.Struct, frozen=True):
     # sentence for the operator: what was seen, what was expected, over which window.
     detectors: list[str] = []
     explanation: str = ""
+    # What the alert most likely is, as far as the stream tier can tell: a device that fell
+    # silent is an ``incident`` (a power loss looks like that), one metric that stopped while
+    # its device reports is a ``sensor_fault``, most of the feed at once is ``platform``.
+    alert_class: TruthCategory = TruthCategory.INCIDENT
 
     @staticmethod
     def make_id(device_id: str, metric: str, ts_us: int, detector: str) -> str:
@@ -316,12 +327,6 @@ class DeadLetter(msgspec.Struct, frozen=True):
     payload: bytes
     received_us: int
     device_id: str | None = None
-
-
-class TruthCategory(enum.StrEnum):
-    INCIDENT = "incident"  # something happened in the city: operators must see it
-    SENSOR_FAULT = "sensor_fault"  # the sensor lies: detectors should flag it, crews fix sensors
-    PLATFORM = "platform"  # the message itself is bad: the gateway must dead-letter or absorb it
 
 
 class GroundTruth(msgspec.Struct, frozen=True):

@@ -273,7 +273,7 @@ async def test_a_silent_series_raises_one_staleness_alert(
         for v in await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=2, timeout=5)
     ]
     assert [(a.device_id, a.metric, a.detector) for a in alerts] == [("dev-6", "pressure_kpa", "staleness")]
-    assert "no pressure_kpa reading for" in alerts[0].explanation
+    assert "no reading for 40 s (pressure_kpa)" in alerts[0].explanation
     assert service.stream_time() > T0 + 39_000_000
 
 
@@ -373,17 +373,21 @@ async def test_a_device_that_fell_silent_while_no_consumer_ran_is_noticed(
     assert [(a.device_id, a.detector) for a in alerts] == [("dev-8", "staleness")]
 
 
-def test_silence_is_judged_against_the_partition_furthest_behind() -> None:
-    """After a backlog, partitions catch up unevenly: a series is not stale because another
-    partition's data is further ahead (the demo's replay raised such false "offline" alerts)."""
+def test_silence_is_judged_by_the_pipelines_progress() -> None:
+    """Stream time is the newest reading's time in the partition furthest behind (after a
+    backlog partitions catch up unevenly: the demo's replay once raised false "offline" alerts),
+    advanced by the clock only over time the partition was known read to its end."""
     wall = [T0 + 3_600_000_000]
     service = StreamService(StreamSettings(metrics_port=-1), clock=lambda: wall[0])
     service.saw(0, T0 + 600_000_000)  # partition 0 has caught up to T0 + 10 min
     service.saw(1, T0 + 30_000_000)  # partition 1 is still at T0 + 30 s
     service.saw(1, T0 + 20_000_000)  # a late reading does not move time back
     assert service.stream_time() == T0 + 30_000_000
-    wall[0] += 5_000_000  # 5 s later, nothing new: both advance with the clock
-    assert service.stream_time() == T0 + 35_000_000
+    wall[0] += 5_000_000  # 5 s later, nothing new read, but nothing known to be left unread:
+    assert service.stream_time() == T0 + 30_000_000  # a lagging or paused consumer; time stands still
+    service.drained(0, wall[0])
+    service.drained(1, wall[0] - 2_000_000)  # read to its end as of 2 s ago
+    assert service.stream_time() == T0 + 33_000_000
     service.forget([1])  # partition 1 moved to another consumer
     assert service.stream_time() == T0 + 605_000_000
 
@@ -413,7 +417,119 @@ async def test_a_partition_still_catching_up_raises_no_false_staleness(
         )
         assert await service.check_staleness() == []
         # The price: silence is judged on the slowest partition's time, so "ahead" is found
-        # silent only once that time passes its last reading (here after 700 s of nothing).
+        # silent only once that time passes its last reading (here after 700 s of nothing, with
+        # both partitions read to their end).
         clock.now_us += 700_000_000
+        service.drained(0, clock.now_us)
+        service.drained(1, clock.now_us)
         stale = await service.check_staleness()
     assert sorted(a.device_id for a in stale) == ["ahead", "behind"]
+
+
+def _pipe(device: str, i: int, *, flow: bool = True) -> Reading:
+    values = {"pressure_kpa": 400.0 + (i * 7919) % 13 / 3.7}
+    if flow:
+        values["flow_m3h"] = 50.0 + (i * 104729) % 11 / 5.0
+    return Reading(device, "pipe_node", i, T0 + i * 1_000_000, values, T0)
+
+
+async def _drained(service: StreamService, readings: int) -> bool:
+    """The consumer has read ``readings`` messages and has nothing left to read."""
+    consumer = service._consumer
+    if consumer is None:
+        return False
+    parts = [tp for tp in consumer.assignment() if tp.topic == service.settings.topics.readings]
+    highs = [consumer.highwater(tp) for tp in parts]
+    if not parts or None in highs:
+        return False
+    return sum(h or 0 for h in highs) == readings and all(
+        [await consumer.position(tp) == h for tp, h in zip(parts, highs, strict=True)]
+    )
+
+
+async def test_a_paused_stream_raises_no_staleness(stack: Stack, topics: Topics, database: str, uid: str) -> None:
+    """The service stalls for two minutes (here: its state lock held, as by a long batch) while
+    the device keeps reporting. Its readings wait unread; the device is not silent."""
+    clock = ManualClock(T0 + 40_000_000)
+    settings = StreamSettings(
+        topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1, stale_check_s=3_600
+    )
+    async with StreamService(settings, clock=clock) as service, asyncio.TaskGroup() as tasks:
+        runner = tasks.create_task(service.run())
+        await _publish(stack, topics, [_noisy("dev-p", i) for i in range(40)])
+        await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), 40))
+        await eventually(lambda: _drained(service, 40))
+        async with service._state_lock:
+            await _publish(stack, topics, [_noisy("dev-p", i) for i in range(40, 160)])
+            # The fetcher has seen them (the consumer is behind), the batch waits for the lock.
+            await eventually(lambda: _lagging(service))
+            clock.now_us += 120_000_000
+            assert await service.check_staleness() == []
+        await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), 160))
+        assert await service.check_staleness() == []
+        await eventually(lambda: _drained(service, 160))
+        clock.now_us += 60_000_000  # now a real silence of a minute, with nothing left to read
+        stale = await service.check_staleness()
+        runner.cancel()
+    assert [(a.device_id, a.alert_class) for a in stale] == [("dev-p", contracts.TruthCategory.INCIDENT)]
+
+
+async def _lagging(service: StreamService) -> bool:
+    consumer = service._consumer
+    assert consumer is not None
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if tp.topic == service.settings.topics.readings and high is not None and await consumer.position(tp) < high:
+            return True
+    return False
+
+
+async def test_silence_is_told_apart_device_metric_and_feed(
+    stack: Stack, topics: Topics, database: str, uid: str
+) -> None:
+    """A device that stops: one alert for both its metrics. A metric that stops while its
+    device reports: a sensor fault. Most of the feed at once: one platform alert; the devices
+    still silent once the feed is back are then alerted on one by one."""
+    clock = ManualClock(T0 + 100_000_000)  # readings arrive as they are stamped
+    settings = StreamSettings(
+        topic_prefix=topics.prefix,
+        pg_dsn=database,
+        group_id=f"s-{uid}",
+        metrics_port=-1,
+        stale_check_s=3_600,
+        mass_silence_min_devices=10,
+    )
+    fleet = [f"f-{k}" for k in range(24)]
+    async with StreamService(settings, clock=clock) as service, asyncio.TaskGroup() as tasks:
+        runner = tasks.create_task(service.run())
+        # 0..39 s: everyone reports both metrics. 40..99 s: "quiet" stops, "flowless" loses its
+        # flow meter, the fleet goes on.
+        first = [_pipe(d, i) for i in range(40) for d in ["quiet", "flowless", *fleet]]
+        then = [_pipe(d, i, flow=d != "flowless") for i in range(40, 100) for d in ["flowless", *fleet]]
+        await _publish(stack, topics, first + then)
+        total = 2 * len(first) + 2 * len(then) - 60
+        await eventually(lambda: _equals(scalar(database, "SELECT count(*) FROM readings"), total), timeout=60)
+        await eventually(lambda: _drained(service, len(first) + len(then)))
+        alone = await service.check_staleness()
+        assert sorted((a.device_id, a.metric, a.alert_class) for a in alone) == [
+            ("flowless", "flow_m3h", contracts.TruthCategory.SENSOR_FAULT),
+            ("quiet", "pressure_kpa", contracts.TruthCategory.INCIDENT),  # its most frequent metric
+        ]
+        assert "none of its 2 metrics" in next(a for a in alone if a.device_id == "quiet").explanation
+        clock.now_us += 60_000_000  # everyone silent for a minute: the feed, not 25 devices
+        feed = await service.check_staleness()
+        assert [(a.device_id, a.alert_class, a.value) for a in feed] == [
+            (f"feed/{topics.readings}", contracts.TruthCategory.PLATFORM, 25.0)
+        ]
+        assert "25 of 25 reporting devices" in feed[0].explanation
+        clock.now_us += 60_000_000
+        assert await service.check_staleness() == []  # once per silence
+        # The feed is back for all but three of the fleet: those three are silent on their own.
+        back = [_pipe(d, i, flow=d != "flowless") for i in range(220, 225) for d in ["flowless", *fleet[3:]]]
+        clock.now_us = T0 + 225_000_000
+        await _publish(stack, topics, back)
+        await eventually(lambda: _drained(service, len(first) + len(then) + len(back)))
+        left = await service.check_staleness()
+        runner.cancel()
+    assert sorted(a.device_id for a in left) == fleet[:3]
+    assert {a.alert_class for a in left} == {contracts.TruthCategory.INCIDENT}
