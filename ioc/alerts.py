@@ -42,8 +42,8 @@ _log = log.get("ioc.alerts")
 
 INSERT = """
 INSERT INTO alerts (alert_id, ts, device_id, kind, metric, value, score, detector, baseline, spread,
-                    window_size, seq, gateway_at, emitted_at, detectors, explanation)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                    window_size, seq, gateway_at, emitted_at, detectors, explanation, alert_class)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (alert_id) DO NOTHING
 RETURNING alert_id
 """
@@ -194,6 +194,7 @@ async def store(conn: psycopg.AsyncConnection[Any], alerts: list[Alert]) -> list
             to_datetime(a.emitted_us),
             a.detectors,
             a.explanation,
+            a.alert_class.value,
         )
         for a in alerts
     ]

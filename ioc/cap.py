@@ -134,6 +134,7 @@ _HAZARDS: dict[str, _Hazard] = {
         "Surface water may collect during rain. Avoid standing water and do not lift drain covers.",
     ),
     "device_offline": _Hazard("Monitoring equipment outage", "Infra", "Monitor", None),
+    "concentrator_offline": _Hazard("Monitoring equipment outage", "Infra", "Monitor", None),
 }
 
 _SEVERE_AIR = (

@@ -51,6 +51,7 @@ BASE_SEVERITY: dict[str, int] = {
     "noise": 1,
     "drainage_fault": 1,
     "device_offline": 1,
+    "concentrator_offline": 2,
 }
 # This many affected assets add one severity step.
 WIDESPREAD = 5
@@ -70,13 +71,19 @@ def category(device_kind: str, metric: str) -> Category:
     return Category.ENVIRONMENT if metric in _ENVIRONMENT_METRICS else Category.ELECTRICAL
 
 
-def group_keys(cat: Category, district: str | None, attrs: dict[str, str]) -> tuple[str, ...]:
-    """The asset groups whose alerts are one incident (none: location decides alone)."""
+def group_keys(cat: Category, district: str | None, attrs: dict[str, str], *, silent: bool = False) -> tuple[str, ...]:
+    """The asset groups whose alerts are one incident (none: location decides alone). A device
+    that fell ``silent`` (a staleness alert) is also grouped by the concentrator that speaks
+    for it: a concentrator going quiet silences all of its devices at once."""
     if cat is Category.ELECTRICAL:
-        return tuple(f"{k}:{attrs[k]}" for k in ("cabinet", "feeder") if k in attrs)
-    if cat is Category.WATER_MAINS:
-        return (f"dma:{attrs['dma']}",) if "dma" in attrs else ()
-    return (f"district:{district}",) if district else ()
+        keys = tuple(f"{k}:{attrs[k]}" for k in ("cabinet", "feeder") if k in attrs)
+    elif cat is Category.WATER_MAINS:
+        keys = (f"dma:{attrs['dma']}",) if "dma" in attrs else ()
+    else:
+        keys = (f"district:{district}",) if district else ()
+    if silent and "concentrator" in attrs:
+        keys += (f"concentrator:{attrs['concentrator']}",)
+    return keys
 
 
 @dataclass
@@ -122,7 +129,10 @@ class Draft:
 
     @property
     def group(self) -> str | None:
-        """The group that names the incident: its cabinet, or the feeder when it spans cabinets."""
+        """The group that names the incident: its cabinet, or the feeder when it spans cabinets,
+        or the concentrator that went quiet."""
+        if self._concentrator_silent:
+            return next(g for g in sorted(self.groups) if g.startswith("concentrator:"))
         cabinets = sorted(g for g in self.groups if g.startswith("cabinet:"))
         feeders = sorted(g for g in self.groups if g.startswith("feeder:"))
         if len(cabinets) > 1 and len(feeders) == 1:
@@ -184,9 +194,21 @@ class Draft:
 
     @property
     def type(self) -> str:
+        if self._concentrator_silent:
+            return "concentrator_offline"
         cabinets = sum(g.startswith("cabinet:") for g in self.groups)
         kind = incident_type(self.category, len(self.assets), self.metrics, self.detectors, self.drops)
         return "feeder_power_loss" if kind == "cabinet_power_loss" and cabinets > 1 else kind
+
+    @property
+    def _concentrator_silent(self) -> bool:
+        """Silent devices of one concentrator beyond what one power supply explains (more than
+        one feeder, or devices that have none): the concentrator, not the devices."""
+        if self.detectors != {"staleness"} or len(self.assets) < 2:
+            return False
+        if sum(g.startswith("concentrator:") for g in self.groups) != 1:
+            return False
+        return sum(g.startswith("feeder:") for g in self.groups) != 1
 
     @property
     def title(self) -> str:

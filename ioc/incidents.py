@@ -120,7 +120,7 @@ class Desk:
                         a.baseline,
                         to_datetime(a.ts_us),
                         cat,
-                        correlation.group_keys(cat, dev["district"], dev["attrs"]),
+                        correlation.group_keys(cat, dev["district"], dev["attrs"], silent=a.detector == "staleness"),
                         dev["district"],
                         dev["lat"],
                         dev["lon"],
@@ -160,7 +160,8 @@ class Desk:
             JOIN maintenance_windows w ON w.starts_at <= a.ts AND w.ends_at > a.ts AND (
                 w.device_id = a.device_id
                 OR w.group_key IN ('cabinet:' || (d.attrs->>'cabinet'), 'feeder:' || (d.attrs->>'feeder'),
-                                   'dma:' || (d.attrs->>'dma'), 'district:' || d.district)
+                                   'dma:' || (d.attrs->>'dma'), 'district:' || d.district,
+                                   'concentrator:' || (d.attrs->>'concentrator'))
                 OR ST_Covers(w.area, d.geom))
             GROUP BY a.alert_id
             """,

@@ -1,6 +1,6 @@
 """Maintenance windows: alerts inside one are stored and shown, but open no incident and page nobody.
 
-A window covers one device, an asset group (``cabinet:<id>``, ``feeder:<id>``, ``dma:<id>``,
+A window covers one device, an asset group (``cabinet:<id>``, ``feeder:<id>``, ``dma:<id>``, ``concentrator:<id>``,
 ``district:<name>``) or a map polygon, from ``starts_at`` to ``ends_at``; it expires by itself.
 """
 
@@ -14,7 +14,7 @@ from ioc.auth import Principal
 from ioc.errors import NotFound, RequestError
 from ioc.events import WALL, Unit
 
-GROUP_PREFIXES = ("cabinet:", "feeder:", "dma:", "district:")
+GROUP_PREFIXES = ("cabinet:", "feeder:", "dma:", "district:", "concentrator:")
 
 COLUMNS = """
     w.window_id, w.device_id, w.group_key, ST_AsGeoJSON(w.area)::jsonb AS area, w.starts_at, w.ends_at,

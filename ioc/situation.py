@@ -24,7 +24,8 @@ STATES = ("healthy", "alerting", "offline", "maintenance")
 _COVERS = """
     w.device_id = d.device_id
     OR w.group_key IN ('cabinet:' || (d.attrs->>'cabinet'), 'feeder:' || (d.attrs->>'feeder'),
-                       'dma:' || (d.attrs->>'dma'), 'district:' || d.district)
+                       'dma:' || (d.attrs->>'dma'), 'district:' || d.district,
+                       'concentrator:' || (d.attrs->>'concentrator'))
     OR ST_Covers(w.area, d.geom)
 """
 

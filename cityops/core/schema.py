@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS detectors text[] NOT NULL DEFAULT '{}';
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS explanation text NOT NULL DEFAULT '';
+-- incident, sensor_fault or platform (cityops.core.contracts.Alert.alert_class).
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS alert_class text NOT NULL DEFAULT 'incident';
 CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts DESC);
 CREATE INDEX IF NOT EXISTS alerts_device ON alerts (device_id, ts DESC);
 

@@ -72,7 +72,7 @@ class WindowIn(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
     device_id: str | None = Field(None, max_length=200)
     group_key: str | None = Field(
-        None, max_length=200, description="cabinet:<id>, feeder:<id>, dma:<id> or district:<name>"
+        None, max_length=200, description="cabinet:<id>, feeder:<id>, dma:<id>, concentrator:<id> or district:<name>"
     )
     area: Polygon | None = Field(None, description="a GeoJSON Polygon (lon, lat)")
 

@@ -15,7 +15,7 @@ from firmware_sim import SimSettings, Simulator
 from firmware_sim.scenario import DeviceClass, EventKind, Scheduled
 from gateway import Gateway, GatewaySettings
 from ioc import ApiServer
-from ioc.correlation import Category, Signal, correlate, distance_m
+from ioc.correlation import Category, Signal, correlate, distance_m, group_keys
 from stream import StreamService, StreamSettings
 from tests.helpers import eventually, small_scenario
 from tests.ioc.conftest import ioc_settings
@@ -102,6 +102,36 @@ def test_cabinets_on_one_feeder_are_one_feeder_power_loss() -> None:
     assert feeder.type == "feeder_power_loss" and feeder.group == "feeder:F-1" and len(feeder.assets) == 8
     assert feeder.title.startswith("Feeder power loss — F-1 (8 assets)") and feeder.severity == 4
     assert other.type == "cabinet_power_loss" and other.group == "cabinet:CAB-3" and len(other.assets) == 3
+
+
+def test_a_silent_concentrator_is_one_incident_naming_it() -> None:
+    """A concentrator speaks for lamps of many cabinets and feeders (and the city's other devices
+    of its class): all of them falling silent is one incident about the concentrator."""
+    lamps = [
+        signal(
+            f"lamp-{i:03d}",
+            at_s=i * 0.1,
+            groups=(
+                *group_keys(Category.ELECTRICAL, "Centrum", {"cabinet": f"CAB-{i // 25}", "feeder": f"F-{i // 50}"}),
+                *group_keys(Category.ELECTRICAL, "Centrum", {"concentrator": "conc-7"}, silent=True),
+            ),
+            lat=52.36 + (i % 40) * 0.002,  # spread over kilometres: only the concentrator ties them
+            detector="staleness",
+        )
+        for i in range(200)
+    ]
+    (incident,) = correlate(lamps, [], radius_m=300, window=WINDOW)
+    assert incident.type == "concentrator_offline" and incident.group == "concentrator:conc-7"
+    assert incident.title.startswith("Concentrator offline — conc-7 (200 assets)")
+    # The lamps of one feeder falling silent are a power loss, even behind one concentrator.
+    feeder = [
+        signal(s.device_id, at_s=i, groups=("cabinet:CAB-1", "feeder:F-1", "concentrator:conc-7"), detector="staleness")
+        for i, s in enumerate(lamps[:10])
+    ]
+    (power,) = correlate(feeder, [], radius_m=300, window=WINDOW)
+    assert power.type == "cabinet_power_loss"
+    # Only silence is grouped by concentrator: its devices' other alerts are judged as before.
+    assert group_keys(Category.ELECTRICAL, None, {"cabinet": "C", "concentrator": "conc-7"}) == ("cabinet:C",)
 
 
 def test_nearby_assets_of_another_group_join_by_distance() -> None:
