@@ -109,7 +109,7 @@ async def run(args: argparse.Namespace) -> list[str]:
                         status.update(f"city reporting; the concentrator stops in {quiet_at - time.time():.0f} s")
                         await asyncio.sleep(min(5.0, max(0.0, quiet_at - time.time())))
                     victim = next(link for link in sim.links if link.username == victim_id)
-                    await victim.stop()
+                    victim.power(False)
                     silent_at = time.time()
                     while time.time() < began + total_s:
                         status.update(f"concentrator {victim_id} silent; {began + total_s - time.time():.0f} s left")

@@ -94,6 +94,8 @@ class Link(AsyncService):
         self.connected = False
         self._wake = asyncio.Event()
         self._up = asyncio.Event()
+        self._powered = asyncio.Event()
+        self._powered.set()
 
     async def start(self) -> None:
         """Nothing to open here: run() connects, and reconnects for as long as it runs."""
@@ -108,6 +110,16 @@ class Link(AsyncService):
             lost = self.outbox.popleft()
             self.buffered -= lost.readings
             self._stats.dropped += lost.readings
+        self._wake.set()
+
+    def power(self, on: bool) -> None:
+        """Switch the hardware off (its session closes after the publish in flight, and it stays
+        away) or on again. While off, what the simulator submits waits in the outbox, as far as
+        it holds."""
+        if on:
+            self._powered.set()
+        else:
+            self._powered.clear()
         self._wake.set()
 
     async def wait_connected(self) -> None:
@@ -130,6 +142,7 @@ class Link(AsyncService):
             keepalive_s=10,
         )
         while True:
+            await self._powered.wait()
             try:
                 async with MqttSession(session_config) as session:
                     if attempt:
@@ -166,7 +179,9 @@ class Link(AsyncService):
 
     async def _drain(self, session: MqttSession) -> None:
         while True:
-            while not self.outbox:
+            while not self.outbox or not self._powered.is_set():
+                if not self._powered.is_set():
+                    return
                 self._wake.clear()
                 await self._wake.wait()
             item = self.outbox[0]

@@ -152,3 +152,28 @@ async def test_a_refused_device_retries_slowly_and_connects_once_its_credentials
         link.submit(Outgoing(mqtt_readings_topic(device.kind, device.device_id), b"{}"))
         await eventually(lambda: _true(stats.acked == 1), timeout=10)
         running.cancel()
+
+
+async def test_a_link_switched_off_goes_away_and_resumes_its_outbox_when_on(broker: Mosquitto, uid: str) -> None:
+    device = Device(f"env-{uid}", DeviceKind.ENV_STATION, 52.0, 13.0, "d1")
+    broker.write_credentials([device], fleet_secret="s3cret", gateway_user=GATEWAY[0], gateway_password=GATEWAY[1])
+    broker.start()
+    stats = Stats()
+    config = LinkConfig(broker.host, broker.port, backoff_initial_s=0.01, backoff_max_s=0.5)
+    password = device_password("s3cret", device.device_id)
+    link = Link(config, username=device.device_id, password=password, client_id=uid, stats=stats, rng=Random(1))
+    topic = mqtt_readings_topic(device.kind, device.device_id)
+    async with link, asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(link.run())
+        await asyncio.wait_for(link.wait_connected(), timeout=20)
+        link.submit(Outgoing(topic, b"{}"))
+        await eventually(lambda: _true(stats.acked == 1), timeout=10)
+        link.power(False)
+        await eventually(lambda: _true(not link.connected and stats.connected == 0), timeout=10)
+        link.submit(Outgoing(topic, b"{}"))
+        link.submit(Outgoing(topic, b"{}"))
+        with pytest.raises(AssertionError):  # off means off: no reconnect, nothing published
+            await eventually(lambda: _true(link.connected or stats.acked > 1), timeout=1.5)
+        link.power(True)
+        await eventually(lambda: _true(stats.acked == 3 and not link.outbox), timeout=20)
+        running.cancel()
