@@ -108,24 +108,32 @@ def parse_us(stamps: Sequence[str]) -> I64:
 
 
 def strictly_increasing(ts: I64) -> I64:
-    """NAB files repeat a timestamp now and then (``ec2_disk_write_bytes_1ef3de``: a DST change);
-    NAB scores every row, while the stream tier takes a repeated instant for a replay. A repeat
-    becomes 1 µs after the row before it: ``t'[i] = max(t[i], t'[i-1] + 1)`` (online)."""
+    """NAB files repeat a timestamp now and then (``ec2_disk_write_bytes_1ef3de``: a DST change)
+    and some real files step backwards; NAB scores every row in file order, while the stream tier
+    takes a repeated instant for a replay and lets time run backwards for no series. A row at or
+    before the row before it becomes 1 µs after it: ``t'[i] = max(t[i], t'[i-1] + 1)`` (online)."""
     steps = np.arange(ts.shape[0], dtype=np.int64)
     out: I64 = np.maximum.accumulate(ts - steps) + steps
     return out
 
 
+def _first_at_or_after(ts: I64, t: int) -> int:
+    """The first row, in file order, stamped at or after ``t`` (``len(ts)``: none)."""
+    hits = np.flatnonzero(ts >= t)
+    return int(hits[0]) if hits.size else int(ts.shape[0])
+
+
 def window_rows(ts: I64, windows: Iterable[Sequence[str]]) -> list[tuple[int, int]]:
-    """Windows as inclusive row ranges: from the first row at or after the start to the first row
-    at the end (NAB looks timestamps up with ``list.index``), or the last row before it."""
+    """Windows as inclusive row ranges, looked up in file order as NAB does (``list.index`` on
+    the timestamps), so files whose timestamps step backwards are scored as NAB scores them: from
+    the first row at or after the start to the first row at the end, or the row before the first
+    row after it. On time-ordered files this is a binary search's answer."""
     out = []
     for start, end in windows:
-        a = int(np.searchsorted(ts, parse_us([start])[0], side="left"))
-        b_us = parse_us([end])[0]
-        b = int(np.searchsorted(ts, b_us, side="left"))
-        if b >= ts.shape[0] or ts[b] != b_us:
-            b -= 1
+        a = _first_at_or_after(ts, int(parse_us([start])[0]))
+        b_us = int(parse_us([end])[0])
+        exact = np.flatnonzero(ts == b_us)
+        b = int(exact[0]) if exact.size else _first_at_or_after(ts, b_us) - 1
         if a > b:
             raise ValueError(f"window [{start}, {end}] holds no row")
         out.append((a, b))
@@ -140,8 +148,6 @@ def load_file(path: Path, key: str, windows: Iterable[Sequence[str]]) -> NabFile
     stamps = [r["timestamp"] for r in rows]
     raw = [r["value"] for r in rows]
     ts = parse_us(stamps)
-    if (np.diff(ts) < 0).any():
-        raise ValueError(f"{path}: timestamps go backwards")
     values = np.array([float(v) for v in raw], np.float64)
     return NabFile(key, stamps, raw, strictly_increasing(ts), values, truth(len(rows), window_rows(ts, windows)))
 

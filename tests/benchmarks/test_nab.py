@@ -233,6 +233,22 @@ def test_windowed_gaussian_follows_nabs_rule() -> None:
 def test_repeated_timestamps_become_strictly_increasing() -> None:
     ts = np.array([10, 20, 20, 20, 25, 40], np.int64)
     assert nab.strictly_increasing(ts).tolist() == [10, 20, 21, 22, 25, 40]
+    assert nab.strictly_increasing(np.array([10, 20, 15, 30], np.int64)).tolist() == [10, 20, 21, 30]
+
+
+def test_a_file_whose_timestamps_step_backwards_is_scored_in_file_order(tmp_path: Path) -> None:
+    """Real NAB files hold timestamps that go backwards: such a file loads, its windows are found
+    in file order (the first matching row, as NAB's ``list.index``), and every row is scored."""
+    path = tmp_path / "cat" / "back.csv"
+    path.parent.mkdir(parents=True)
+    stamps = ["2015-01-01 00:00:00", "2015-01-01 00:05:00", "2015-01-01 00:10:00", "2015-01-01 00:15:00"]
+    stamps += ["2015-01-01 00:05:00", "2015-01-01 00:10:00", "2015-01-01 00:20:00", "2015-01-01 00:25:00"]
+    path.write_text("timestamp,value\n" + "".join(f"{t},{i}\n" for i, t in enumerate(stamps)))
+    f = nab.load_file(path, "cat/back.csv", [["2015-01-01 00:05:00", "2015-01-01 00:10:00"]])
+    assert f.truth.windows == ((1, 2),)
+    assert (np.diff(f.ts_us) > 0).all() and f.values.tolist() == list(range(8))
+    late = [["2015-01-01 00:12:00", "2015-01-01 00:22:00"]]  # from 00:15 (row 3) to the row before 00:25
+    assert nab.window_rows(nab.parse_us(stamps), late) == [(3, 6)]
 
 
 # -- command line ------------------------------------------------------------------------------------
