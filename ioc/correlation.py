@@ -4,7 +4,9 @@ Pure functions over plain data; ``ioc.incidents`` applies them to the database. 
 an open incident of the same category when it shares an asset group (a lamp's cabinet or
 feeder, a pipe node's district metered area, a station's district), is one of its assets
 already, or lies within the correlation radius of it; and the incident saw an alert within the
-window. Lamps of several cabinets on one feeder are one "feeder power loss".
+window. Lamps of several cabinets on one feeder are one "feeder power loss". An alert the stream
+judged a sensor fault opens, or joins, only that device's ``sensor_fault`` work: severity 1,
+nothing else joins it, no public warning.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ BASE_SEVERITY: dict[str, int] = {
     "drainage_fault": 1,
     "device_offline": 1,
     "concentrator_offline": 2,
+    "sensor_fault": 1,
 }
 # This many affected assets add one severity step.
 WIDESPREAD = 5
@@ -103,6 +106,12 @@ class Signal:
     lat: float | None
     lon: float | None
     explanation: str = ""
+    # The stream's judgement (cityops.core.contracts.Alert.alert_class): a sensor fault is
+    # maintenance work on that one device, never part of (or the start of) an emergency.
+    alert_class: str = "incident"
+
+
+SENSOR_FAULT = "sensor_fault"
 
 
 @dataclass
@@ -120,6 +129,7 @@ class Draft:
     detectors: set[str] = field(default_factory=set)
     metrics: set[str] = field(default_factory=set)
     drops: int = 0  # alerts well below their baseline (pressure falling, lamps dark)
+    alert_class: str = "incident"  # "sensor_fault": a device's maintenance work
     severity: int = 1
     explanation: str = ""
     alert_count: int = 0
@@ -162,6 +172,10 @@ class Draft:
     def matches(self, s: Signal, radius_m: float, window: timedelta) -> bool:
         if s.category is not self.category or s.at - self.last_alert_at > window:
             return False
+        if (s.alert_class == SENSOR_FAULT) != (self.alert_class == SENSOR_FAULT):
+            return False
+        if self.alert_class == SENSOR_FAULT:
+            return s.device_id in self.assets
         if s.device_id in self.assets or not self.groups.isdisjoint(s.groups):
             return True
         c = self.centroid
@@ -194,6 +208,8 @@ class Draft:
 
     @property
     def type(self) -> str:
+        if self.alert_class == SENSOR_FAULT:
+            return "sensor_fault"
         if self._concentrator_silent:
             return "concentrator_offline"
         cabinets = sum(g.startswith("cabinet:") for g in self.groups)
@@ -212,7 +228,10 @@ class Draft:
 
     @property
     def title(self) -> str:
-        where = self.group.split(":", 1)[1] if self.group else (self.district or min(self.assets, default="?"))
+        if self.alert_class == SENSOR_FAULT:
+            where = min(self.assets, default="?")  # one device's work
+        else:
+            where = self.group.split(":", 1)[1] if self.group else (self.district or min(self.assets, default="?"))
         n = len(self.assets)
         return f"{self.type.replace('_', ' ').capitalize()} — {where} ({n} asset{'s' if n != 1 else ''})"
 
@@ -235,6 +254,8 @@ def incident_type(cat: Category, n_assets: int, metrics: set[str], detectors: se
 
 
 def severity(kind: str, n_assets: int) -> int:
+    if kind == "sensor_fault":
+        return 1  # maintenance work: never escalates to an emergency
     return min(4, BASE_SEVERITY.get(kind, 1) + (1 if n_assets >= WIDESPREAD else 0))
 
 
@@ -256,7 +277,7 @@ def correlate(signals: list[Signal], open_drafts: list[Draft], *, radius_m: floa
     for s in sorted(signals, key=lambda s: (s.at, s.alert_id)):
         target = next((d for d in drafts if d.matches(s, radius_m, window)), None)
         if target is None:
-            target = Draft(s.category, set(), s.district, s.at, s.at)
+            target = Draft(s.category, set(), s.district, s.at, s.at, alert_class=s.alert_class)
             drafts.append(target)
         target.add(s)
     return [d for d in drafts if d.changed]

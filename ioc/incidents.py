@@ -125,6 +125,7 @@ class Desk:
                         dev["lat"],
                         dev["lon"],
                         a.explanation,
+                        a.alert_class.value,
                     )
                 )
             window = timedelta(seconds=s.correlation_window_s)
@@ -177,7 +178,7 @@ class Desk:
         earliest = min(sig.at for sig in signals) - window
         rows = await unit.rows(
             """
-            SELECT i.incident_id, i.category, i.groups, i.district, i.detected_at, i.last_alert_at, i.series,
+            SELECT i.incident_id, i.type, i.category, i.groups, i.district, i.detected_at, i.last_alert_at, i.series,
                    i.detectors, i.drops, i.severity, i.explanation, i.alert_count,
                    (SELECT coalesce(json_agg(json_build_array(u.a, ST_Y(d.geom::geometry), ST_X(d.geom::geometry))),
                                     '[]')
@@ -205,6 +206,7 @@ class Desk:
                 severity=int(r["severity"]),
                 explanation=r["explanation"],
                 alert_count=int(r["alert_count"]),
+                alert_class=correlation.SENSOR_FAULT if r["type"] == "sensor_fault" else "incident",
             )
             d.assets = {p[0]: (None if p[1] is None else (float(p[1]), float(p[2]))) for p in r["points"]}
             drafts.append(d)
@@ -443,6 +445,8 @@ class Desk:
             )
             if last is not None and last["incident_version"] == incident["version"]:
                 return bytes(last["body"])
+            if incident["type"] == "sensor_fault":
+                raise Conflict("a sensor fault is maintenance work on one device, not a public warning")
             if incident["lat"] is None:
                 raise Conflict("the incident has no location (its devices are not registered); no area to warn")
             if last is None and incident["state"] not in OPEN:

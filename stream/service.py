@@ -67,6 +67,19 @@ Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 _SILENT_WITH_FEED = 2.0
 
 
+def _judge(top: Kind, score: float) -> tuple[TruthCategory, str]:
+    """What a reading's alarm most likely is, from the detector that raised it, and why (empty
+    for an incident: the explanation says what the city shows). A value or a rate no working
+    sensor reads, and a sensor stuck at one value, are the sensor; the rest may be the city."""
+    if top is Kind.PHYSICAL:
+        return TruthCategory.SENSOR_FAULT, "judged a sensor fault: no working sensor reads this"
+    if top is Kind.FLATLINE:
+        return TruthCategory.SENSOR_FAULT, "judged a sensor fault: a stuck sensor"
+    if top is Kind.ROC and score >= 1.0:
+        return TruthCategory.SENSOR_FAULT, "judged a sensor fault: faster than the quantity can change"
+    return TruthCategory.INCIDENT, ""
+
+
 class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, service: StreamService) -> None:
         self._service = service
@@ -772,6 +785,8 @@ class StreamService(AsyncService):
         device_id, metric, sid = rows.device_ids[i], rows.metrics[i], rows.series[i]
         top = Kind(int(scored.top[i]))
         names = scored.fired_names(i) or [top.label]
+        cls, why = _judge(top, float(scored.score[i]))
+        explanation = self._explain(sid, rows.kind_of[device_id], metric, rows.values[i], scored, i, top)
         return Alert(
             alert_id=Alert.make_id(device_id, metric, rows.ts_us[i], top.label),
             device_id=device_id,
@@ -788,7 +803,8 @@ class StreamService(AsyncService):
             gateway_us=rows.gateway_us[i],
             emitted_us=emitted,
             detectors=names,
-            explanation=self._explain(sid, rows.kind_of[device_id], metric, rows.values[i], scored, i, top),
+            explanation=f"{explanation}; {why}" if why else explanation,
+            alert_class=cls,
         )
 
     def _window_readings(self, sid: int, kind: Kind) -> int:

@@ -228,6 +228,16 @@ function renderIncidents() {
   $("more-incidents").textContent = hidden ? `+ ${hidden} more open incident${hidden > 1 ? "s" : ""} (lower priority)` : "";
   if (focused) body.querySelector(`tr[data-id="${focused}"]`)?.focus();
 }
+// What the stream judged an alert to be, ahead of its explanation: a sensor fault is a repair
+// job, a platform alert is the pipeline itself (neither is the city).
+const CLASS_TAG = { sensor_fault: "sensor fault", platform: "platform" };
+function why(a) {
+  const td = text("td", "", "why");
+  const tag = CLASS_TAG[a.alert_class];
+  if (tag) td.appendChild(text("span", tag, `tag ${a.alert_class}`));
+  td.appendChild(document.createTextNode(a.explanation || a.detector));
+  return td;
+}
 function renderAlerts() {
   const num = (x) => (x === null || x === undefined ? "–" : Number(x).toFixed(2));
   $("alerts").replaceChildren(...state.alerts.slice(0, 12).map((a) => {
@@ -235,7 +245,7 @@ function renderAlerts() {
     const where = a.maintenance_id ? "in maintenance" : a.incident_id ? `#${a.incident_id}` : "–";
     tr.append(text("td", new Date(a.ts).toLocaleTimeString([], { hour12: false })), text("td", a.device_id),
       text("td", a.metric), text("td", num(a.value)), text("td", where, a.maintenance_id ? "maint" : ""),
-      text("td", a.explanation || a.detector, "why"));
+      why(a));
     return tr;
   }));
 }

@@ -95,7 +95,7 @@ async def wall_snapshot(c: Centre, unit: Unit) -> dict[str, Any]:
     )
     alerts = await unit.rows(
         "SELECT alert_id, ts, device_id, kind, metric, value, score, detector, baseline, spread, window_size, "
-        "detectors, explanation, incident_id, maintenance_id FROM alerts ORDER BY ts DESC LIMIT 500"
+        "detectors, explanation, alert_class, incident_id, maintenance_id FROM alerts ORDER BY ts DESC LIMIT 500"
     )
     return {
         "type": "snapshot",

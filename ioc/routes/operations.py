@@ -172,12 +172,14 @@ async def readings(
 async def alerts(
     c: CentreDep, _: Reader, device_id: str | None = None, since: datetime | None = None, limit: Limit = None
 ) -> list[dict[str, Any]]:
-    """Most recent alerts first, with the incident or maintenance window each went to."""
+    """Most recent alerts first, with the incident or maintenance window each went to, and what the
+    stream judged each to be (``alert_class``: incident, sensor_fault or platform)."""
     _aware("since", since)
     async with c.events.read() as unit:
         return await unit.rows(
             "SELECT alert_id, ts, device_id, kind, metric, value, score, detector, baseline, spread, "
-            "window_size, seq, emitted_at, received_at, detectors, explanation, incident_id, maintenance_id "
+            "window_size, seq, emitted_at, received_at, detectors, explanation, alert_class, incident_id, "
+            "maintenance_id "
             "FROM alerts WHERE (%(d)s::text IS NULL OR device_id = %(d)s) "
             "AND (%(s)s::timestamptz IS NULL OR ts >= %(s)s) ORDER BY ts DESC LIMIT %(l)s",
             {"d": device_id, "s": since, "l": _page(c, limit, 100)},

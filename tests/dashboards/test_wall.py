@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import psycopg
 import pytest
 from playwright.async_api import Browser
@@ -143,3 +144,36 @@ async def test_the_wall_says_the_database_is_missing_and_stays_live_through_the_
         await page.wait_for_selector(f"#incidents tr:has-text('Water main pressure — DMA-{uid}')", timeout=20_000)
         assert await page.locator("#state").inner_text() == "live"
         assert not [s for s in await page.evaluate("() => window.seenStates") if s != "live"]
+
+
+async def test_the_wall_shows_what_each_alert_is(
+    stack: Stack, topics: Topics, database: str, uid: str, browser: Browser
+) -> None:
+    """A sensor fault and a platform alert are tagged as such, live and after a reload."""
+    settings = ioc_settings(topics, database, uid, tick_s=1.0)
+    page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+    now = contracts.now_us()
+    stuck = msgspec.structs.replace(
+        make_alert(f"stuck-{uid}", now), alert_class=contracts.TruthCategory.SENSOR_FAULT, explanation="stuck at 401"
+    )
+    feed = msgspec.structs.replace(
+        make_alert(f"feed/{uid}", now + 1), alert_class=contracts.TruthCategory.PLATFORM, explanation="feed silent"
+    )
+    async with ApiServer(settings) as server:
+        await page.goto(f"{server.url}/")
+        await page.fill("#username", "viewer")
+        await page.fill("#password", "viewer")
+        await page.click("#loginform button")
+        await page.wait_for_selector("#state:text('live')", timeout=10_000)
+        await produce(
+            stack.settings.kafka_bootstrap,
+            topics.alerts,
+            [(a.device_id.encode(), contracts.encode(a)) for a in (stuck, feed)],
+        )
+        for _ in range(2):  # pushed live, then from the snapshot of a reloaded page
+            await page.wait_for_selector(f"#alerts tr:has-text('stuck-{uid}') .tag.sensor_fault", timeout=10_000)
+            await page.wait_for_selector(f"#alerts tr:has-text('feed/{uid}') .tag.platform", timeout=10_000)
+            row = await page.locator(f"#alerts tr:has-text('stuck-{uid}')").inner_text()
+            assert "sensor fault" in row and "stuck at 401" in row
+            await page.reload()
+            await page.wait_for_selector("#state:text('live')", timeout=10_000)

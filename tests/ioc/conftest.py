@@ -110,6 +110,7 @@ def alert(
     baseline: float = 100.0,
     detector: str = "ewma",
     kind: str | None = None,
+    alert_class: contracts.TruthCategory = contracts.TruthCategory.INCIDENT,
 ) -> Alert:
     device_id = device if isinstance(device, str) else device.device_id
     ts = contracts.to_us(at)
@@ -130,6 +131,7 @@ def alert(
         emitted_us=ts,
         detectors=[detector],
         explanation=f"{metric} = {value:g}, expected {baseline:g}",
+        alert_class=alert_class,
     )
 
 

@@ -12,7 +12,7 @@ import httpx
 import psycopg
 import pytest
 
-from cityops.core import schema
+from cityops.core import contracts, schema
 from cityops.core.registry import Device
 from ioc import ApiServer
 from ioc.clock import ManualClock
@@ -287,3 +287,31 @@ async def test_recovery_counts_the_daily_cycle_as_normal(
     clock.advance(c.settings.recovery_s + 10)
     assert (await c.tick())["resolved"] == 1
     assert (await _only(viewer))["state"] == "resolved"
+
+
+async def test_a_sensor_fault_is_low_priority_maintenance_work_not_an_emergency(
+    api: ApiServer, registered: list[Device], login: Callable[[str], httpx.AsyncClient], clock: ManualClock
+) -> None:
+    """The stream judged the alert a sensor fault: it opens that device's maintenance work
+    (severity 1, below any incident in the queue), nothing else joins it, it joins nothing, and
+    it is no public warning."""
+    c = centre_of(api)
+    dispatcher = login("dispatcher")
+    pipes = [d for d in registered if d.kind == "pipe_node"]
+    stuck = contracts.TruthCategory.SENSOR_FAULT
+    await c.receive([alert(pipes[0], "pressure_kpa", clock.now, detector="flatline", alert_class=stuck)])
+    clock.advance(5)
+    # The same device's flow meter alerting for the city: that is an incident of its own.
+    await c.receive([alert(pipes[0], "flow_m3h", clock.now)])
+    clock.advance(5)
+    await c.receive([alert(pipes[0], "pressure_kpa", clock.now, detector="physical", alert_class=stuck)])
+    incidents = (await dispatcher.get("/incidents")).json()
+    work = [i for i in incidents if i["type"] == "sensor_fault"]
+    other = [i for i in incidents if i["type"] != "sensor_fault"]
+    assert len(work) == 1 and work[0]["assets"] == [pipes[0].device_id] and work[0]["severity"] == 1
+    assert work[0]["title"].startswith(f"Sensor fault — {pipes[0].device_id}") and work[0]["alert_count"] == 2
+    assert len(other) == 1 and other[0]["assets"] == [pipes[0].device_id] and other[0]["alert_count"] == 1
+    queue = [i["incident_id"] for i in (await dispatcher.get("/incidents/queue")).json()]
+    assert queue.index(other[0]["incident_id"]) < queue.index(work[0]["incident_id"])
+    refused = await dispatcher.post(f"/incidents/{work[0]['incident_id']}/cap")
+    assert refused.status_code == 409 and "not a public warning" in refused.json()["detail"]

@@ -533,3 +533,24 @@ async def test_silence_is_told_apart_device_metric_and_feed(
         runner.cancel()
     assert sorted(a.device_id for a in left) == fleet[:3]
     assert {a.alert_class for a in left} == {contracts.TruthCategory.INCIDENT}
+
+
+async def test_each_alert_says_what_it_is(stack: Stack, topics: Topics, database: str, uid: str) -> None:
+    """A sensor stuck at one value is a sensor fault, and says why; a spike may be the city."""
+    settings = StreamSettings(topic_prefix=topics.prefix, pg_dsn=database, group_id=f"s-{uid}", metrics_port=-1)
+    stuck = [_noisy("stuck", i) for i in range(60)] + [
+        Reading("stuck", "pipe_node", i, T0 + i * 1_000_000, {"pressure_kpa": 401.0}, T0) for i in range(60, 90)
+    ]
+    spiky = [_noisy("spiky", i, spike={70: 80.0}) for i in range(90)]
+    await _publish(stack, topics, stuck + spiky)
+    await _run_until(settings, database, 180)
+    alerts = [
+        contracts.decode_alert(v)
+        for v in await read_topic(stack.settings.kafka_bootstrap, topics.alerts, expect=2, timeout=10)
+    ]
+    by_device = {a.device_id: a for a in alerts}
+    assert sorted(by_device) == ["spiky", "stuck"] and len(alerts) == 2
+    assert by_device["stuck"].detector == "flatline"
+    assert by_device["stuck"].alert_class is contracts.TruthCategory.SENSOR_FAULT
+    assert by_device["stuck"].explanation.endswith("judged a sensor fault: a stuck sensor")
+    assert by_device["spiky"].alert_class is contracts.TruthCategory.INCIDENT and by_device["spiky"].seq == 70
