@@ -779,6 +779,33 @@ class Detector:
     def last_ts(self, sid: int) -> int:
         return int(self.state[sid, LAST_TS])
 
+    def last_value(self, sid: int) -> float:
+        return float(self.state[sid, LAST_X])
+
+    def interval_s(self, sid: int) -> float:
+        """The series' usual interval between readings (0 before its second reading)."""
+        return float(self.state[sid, DT])
+
+    def stale_limit_s(self, sid: int) -> float:
+        """How long the series may be silent before it is stale."""
+        p = self.profile(sid)
+        return max(p.stale_intervals * self.interval_s(sid), p.stale_min_s)
+
+    def silent_flags(self, series: I64) -> F64:
+        """Each series' silence flag: 0 reporting, else the flag ``stale`` or ``mark_silent`` set
+        (a reading clears it)."""
+        flags: F64 = self.state[series, STALE].copy()
+        return flags
+
+    def mark_silent(self, series: I64, flag: float) -> None:
+        """Set the series' silence flag (0 lets ``stale`` find them again)."""
+        self.state[series, STALE] = flag
+
+    def reporting(self, count: int) -> BOOL:
+        """Per series id below ``count``: it has an interval and is not silent."""
+        live: BOOL = (self.state[:count, STALE] == 0.0) & (self.state[:count, N] >= 2.0)
+        return live
+
     def reset(self, series: I64) -> None:
         """Forget these series (their partition moved to another consumer)."""
         series = series[series < self.state.shape[0]]

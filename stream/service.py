@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import msgspec
 import numpy as np
@@ -23,12 +22,9 @@ from aiokafka.partitioner import murmur2
 from cityops.core import log
 from cityops.core.aio import AsyncService, close_quietly, race
 from cityops.core.contracts import (
-    METRICS,
     Alert,
     DeadLetter,
-    DeviceKind,
     Reading,
-    TruthCategory,
     decode_reading,
     encode,
     now_us,
@@ -38,46 +34,24 @@ from cityops.core.errors import is_retriable
 from cityops.core.health import Backoff, Health
 from cityops.core.kafka import make_consumer, make_producer
 from cityops.core.metrics import MetricsServer
-from stream import metrics
+from stream import alerts, metrics
 from stream.detectors import (
     BOOL,
-    DT,
     I64,
-    LAST_TS,
-    LAST_X,
-    STALE,
     Detector,
     DetectorConfig,
-    Kind,
-    N,
-    Scored,
     compile_kernels,
 )
 from stream.errors import ConfigError
 from stream.profiles import ProfileFile
 from stream.series import SeriesIndex
 from stream.settings import StreamSettings
+from stream.silence import Progress, Silence
 from stream.store import ReadingStore, Rows, all_states, history, save_states
 
 _log = log.get("stream")
 
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-
-# A series' STALE flag (detector state): 1 silent on its own, this value silent with the feed.
-_SILENT_WITH_FEED = 2.0
-
-
-def _judge(top: Kind, score: float) -> tuple[TruthCategory, str]:
-    """What a reading's alarm most likely is, from the detector that raised it, and why (empty
-    for an incident: the explanation says what the city shows). A value or a rate no working
-    sensor reads, and a sensor stuck at one value, are the sensor; the rest may be the city."""
-    if top is Kind.PHYSICAL:
-        return TruthCategory.SENSOR_FAULT, "judged a sensor fault: no working sensor reads this"
-    if top is Kind.FLATLINE:
-        return TruthCategory.SENSOR_FAULT, "judged a sensor fault: a stuck sensor"
-    if top is Kind.ROC and score >= 1.0:
-        return TruthCategory.SENSOR_FAULT, "judged a sensor fault: faster than the quantity can change"
-    return TruthCategory.INCIDENT, ""
 
 
 class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -107,14 +81,12 @@ class StreamService(AsyncService):
         self._profiles = ProfileFile(settings.profiles)
         self._kinds: list[str] = []  # device class per series id
         self._dirty: set[int] = set()  # series whose state changed since the last snapshot
-        # Stream time per partition: the newest reading's timestamp, and the clock when it
-        # arrived. Partitions catch up unevenly after a backlog; judging silence against the
-        # one furthest ahead would call every series of a lagging partition stale.
-        self._newest: dict[int, tuple[int, int]] = {}
-        # The clock when each partition was last seen read to its end: silence is only
-        # silence while there is nothing left to read (see ``stream_time``).
-        self._drained: dict[int, int] = {}
-        self._silent_with_feed: set[int] = set()  # series marked silent by a feed-wide silence
+        # Partitions catch up unevenly after a backlog: silence is judged in the time of the
+        # one furthest behind, and only over time it was known read to its end.
+        self.progress = Progress()
+        self._silence = Silence(
+            mass_share=settings.mass_silence_share, mass_min_devices=settings.mass_silence_min_devices
+        )
         self._caught_up = False  # the last poll found nothing: the stream is live
         # Rebalance callbacks run while a batch may be suspended mid-way: restoring, replaying
         # and scoring take this lock, so no series is folded twice.
@@ -343,30 +315,14 @@ class StreamService(AsyncService):
         _log.info("detector profiles reloaded", file=config.source, profiles=len(config.overrides) + 1)
         return True
 
-    def saw(self, partition: int, newest_us: int) -> None:
-        """Readings up to ``newest_us`` arrived from ``partition``."""
-        if newest_us > self._newest.get(partition, (0, 0))[0]:
-            self._newest[partition] = (newest_us, self._clock())
-
-    def drained(self, partition: int, at_us: int) -> None:
-        """At ``at_us`` (this service's clock) the consumer had read all that ``partition`` held."""
-        if at_us > self._drained.get(partition, 0):
-            self._drained[partition] = at_us
-
     def stream_time(self) -> int:
-        """How far the pipeline has got, in the partition furthest behind: its newest reading's
-        time, advanced by the clock only over the time the partition was known read to its end.
-
-        So silence is judged by the pipeline's own progress: while the consumer lags (a
-        backlog, a Kafka outage) or this service pauses (a long batch, rollup maintenance, a
-        stalled event loop) time stands still, and no series is stale merely because its
-        readings wait unread. Before any reading, once a poll finds nothing to catch up: the
-        clock (a whole city that fell silent while no consumer ran is still noticed)."""
-        if not self._newest:
+        """How far the pipeline has got (``stream.silence``). Before any reading, once a poll
+        finds nothing to catch up: the clock (a whole city that fell silent while no consumer
+        ran is still noticed); else 0."""
+        t = self.progress.stream_time()
+        if t is None:
             return self._clock() if self._caught_up else 0
-        return min(
-            newest + max(0, self._drained.get(partition, at) - at) for partition, (newest, at) in self._newest.items()
-        )
+        return t
 
     async def note_progress(self) -> None:
         """Mark the partitions the consumer has read to their end. What the broker holds is
@@ -386,135 +342,35 @@ class StreamService(AsyncService):
                     continue
             except IllegalStateError:  # revoked meanwhile
                 continue
-            self.drained(tp.partition, now - max(0, int((wall_ms - fetched) * 1000.0)))
+            self.progress.drained(tp.partition, now - max(0, int((wall_ms - fetched) * 1000.0)))
 
     async def check_staleness(self) -> list[Alert]:
-        """Alert once per silence, judged in stream time (``stream_time``):
-
-        * a device that stopped reporting: one alert for all its metrics (class ``incident``:
-          a power loss looks like this), on the metric it sent most often;
-        * a metric that stopped while its device goes on reporting: ``sensor_fault``;
-        * most of the feed at once (``mass_silence_share``): one ``platform`` alert for all of
-          them; the devices still silent once the feed is back are then judged one by one.
-        """
+        """Alert once per silence, judged in stream time (``stream.silence``): a silent device,
+        a metric that stopped while its device reports, or most of the feed at once."""
         assert self._producer is not None
         await self.note_progress()
         now = self.stream_time()
         if not now:
             return []
-        count = len(self.series)
-        state = self.detector.state
-        self._release_after_feed_silence(count)
-        reporting = (state[:count, STALE] == 0.0) & (state[:count, N] >= 2.0)
-        devices_reporting = np.unique(self.series.devices()[reporting]).size
-        silent_devices: dict[int, int] = {}  # device -> the series that showed it
-        alerts = []
-        newly = self.detector.stale(count, now)
-        for sid in newly.tolist():
-            siblings = self.series.siblings(sid)
-            device_gap_s = (now - max(state[x, LAST_TS] for x in siblings)) * 1e-6
-            if device_gap_s >= self._stale_limit_s(sid):
-                silent_devices.setdefault(self.series.device(sid), sid)
-            else:
-                alerts.append(self._silence_alert(sid, now, TruthCategory.SENSOR_FAULT))
-        s = self.settings
-        if silent_devices and len(silent_devices) >= max(
-            s.mass_silence_min_devices, s.mass_silence_share * devices_reporting
-        ):
-            # Not the metrics already silent on their own before: they were alerted on then.
-            every = np.array([x for sid in silent_devices.values() for x in self.series.siblings(sid)], np.int64)
-            quiet = every[(state[every, STALE] == 0.0) | np.isin(every, newly)].tolist()
-            state[quiet, STALE] = _SILENT_WITH_FEED
-            self._silent_with_feed.update(quiet)
-            alerts.append(self._feed_alert(len(silent_devices), devices_reporting, silent_devices.values(), now))
-        else:
-            for sid in silent_devices.values():
-                siblings = self.series.siblings(sid)
-                # One alert for the device: its slower metrics must not alert on their own later.
-                state[siblings, STALE] = np.maximum(state[siblings, STALE], 1.0)
-                shown = min(siblings, key=lambda x: (state[x, DT] if state[x, DT] > 0.0 else np.inf, x))
-                alerts.append(self._silence_alert(shown, now, TruthCategory.INCIDENT, n_metrics=len(siblings)))
-        if alerts:
-            for a in alerts:
-                metrics.SILENCES.labels(a.alert_class.value).inc()
-            await asyncio.gather(*[await self._send_alert(a) for a in alerts])
-        return alerts
-
-    def _stale_limit_s(self, sid: int) -> float:
-        p = self.detector.profile(sid)
-        return max(p.stale_intervals * float(self.detector.state[sid, DT]), p.stale_min_s)
-
-    def _release_after_feed_silence(self, count: int) -> None:
-        """Once most of the devices that went silent with the feed report again, the feed is
-        back: the rest are silent on their own, and are judged again (and alerted on) now."""
-        if not self._silent_with_feed:
-            return
-        quiet = np.fromiter(self._silent_with_feed, np.int64)
-        quiet = quiet[quiet < count]
-        still = quiet[self.detector.state[quiet, STALE] == _SILENT_WITH_FEED]
-        if still.size <= (1.0 - self.settings.mass_silence_share) * quiet.size:
-            self.detector.state[still, STALE] = 0.0
-            self._silent_with_feed.clear()
-            _log.info("feed back", silent_devices_left=int(np.unique(self.series.devices()[still]).size))
-
-    def _silence_alert(self, sid: int, now: int, cls: TruthCategory, *, n_metrics: int = 1) -> Alert:
-        device_id, metric = self.series.key(sid)
-        last_ts = int(self.detector.state[sid, LAST_TS])
-        interval = float(self.detector.state[sid, DT])
-        gap = (now - last_ts) / 1e6
-        if cls is TruthCategory.SENSOR_FAULT:
-            explanation = (
-                f"{device_id} reports, but no {metric} for {gap:.0f} s; it usually comes every {interval:.3g} s"
-            )
-        else:
-            what = f"none of its {n_metrics} metrics" if n_metrics > 1 else metric
-            explanation = f"no reading for {gap:.0f} s ({what}); it usually reports every {interval:.3g} s"
-        return Alert(
-            alert_id=Alert.make_id(device_id, metric, now, Kind.STALENESS.label),
-            device_id=device_id,
-            kind=self._kinds[sid],
-            metric=metric,
-            ts_us=now,
-            value=float(self.detector.state[sid, LAST_X]),
-            score=1.0,
-            detector=Kind.STALENESS.label,
-            baseline=interval,
-            spread=0.0,
-            window=int(self.detector.profile(sid).stale_intervals),
-            seq=-1,
-            gateway_us=now,
-            emitted_us=self._clock(),
-            detectors=[Kind.STALENESS.label],
-            explanation=explanation,
-            alert_class=cls,
-        )
-
-    def _feed_alert(self, silent: int, reporting: int, shown_by: Iterable[int], now: int) -> Alert:
-        kinds = Counter(self._kinds[sid] for sid in shown_by)
-        which = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
-        feed = f"feed/{self._topics.readings}"
-        return Alert(
-            alert_id=Alert.make_id(feed, "*", now, Kind.STALENESS.label),
-            device_id=feed,
-            kind="feed",
-            metric="*",
-            ts_us=now,
-            value=float(silent),
-            score=1.0,
-            detector=Kind.STALENESS.label,
-            baseline=float(reporting),
-            spread=0.0,
-            window=0,
-            seq=-1,
-            gateway_us=now,
-            emitted_us=self._clock(),
-            detectors=[Kind.STALENESS.label],
-            explanation=(
-                f"{silent} of {reporting} reporting devices fell silent at once ({which}): the feed stopped "
-                "upstream of the stream tier (gateways, MQTT broker or network), not the devices"
-            ),
-            alert_class=TruthCategory.PLATFORM,
-        )
+        found = self._silence.judge(self.detector, self.series, now)
+        emitted = self._clock()
+        out = [
+            alerts.silence(self.detector, sid, self.series.key(sid), self._kinds[sid], now, emitted, device_metrics=n)
+            for sid, n in found.devices
+        ]
+        out += [
+            alerts.silence(self.detector, sid, self.series.key(sid), self._kinds[sid], now, emitted)
+            for sid in found.metrics
+        ]
+        if found.feed is not None:
+            kinds = [self._kinds[sid] for sid in found.feed.shown_by]
+            out.append(alerts.feed_silence(self._topics.readings, found.feed, kinds, now, emitted))
+            _log.warning("feed silent", silent_devices=found.feed.silent, reporting=found.feed.reporting)
+        for a in out:
+            metrics.SILENCES.labels(a.alert_class.value).inc()
+        if out:
+            await asyncio.gather(*[await self._send_alert(a) for a in out])
+        return out
 
     async def save_states(self, series: list[int], conn: psycopg.AsyncConnection[object] | None = None) -> None:
         """Snapshot these series' detector state to PostgreSQL."""
@@ -581,7 +437,7 @@ class StreamService(AsyncService):
                     )
                     continue
                 readings.append(reading)
-                self.saw(tp.partition, reading.ts_us)
+                self.progress.saw(tp.partition, reading.ts_us, now)
                 rows.kind_of[reading.device_id] = reading.kind
                 owned = self._series_by_partition.setdefault(tp.partition, set())
                 for metric, v in reading.metrics.items():
@@ -760,10 +616,10 @@ class StreamService(AsyncService):
 
     def forget(self, partitions: list[int]) -> None:
         for partition in partitions:
-            self._newest.pop(partition, None)
-            self._drained.pop(partition, None)
+            self.progress.forget(partition)
             owned = self._series_by_partition.pop(partition, set())
             if owned:
+                self._silence.forget(np.fromiter(owned, np.int64))
                 self.detector.reset(np.fromiter(owned, np.int64))
                 self._dirty.difference_update(owned)
 
@@ -779,64 +635,9 @@ class StreamService(AsyncService):
         metrics.SERIES.set(len(self.series))
         self._dirty.update(np.unique(series[new]).tolist())
         emitted = self._clock()
-        return [self._alert(rows, scored, int(i), emitted) for i in np.flatnonzero(scored.alarms)]
-
-    def _alert(self, rows: Rows, scored: Scored, i: int, emitted: int) -> Alert:
-        device_id, metric, sid = rows.device_ids[i], rows.metrics[i], rows.series[i]
-        top = Kind(int(scored.top[i]))
-        names = scored.fired_names(i) or [top.label]
-        cls, why = _judge(top, float(scored.score[i]))
-        explanation = self._explain(sid, rows.kind_of[device_id], metric, rows.values[i], scored, i, top)
-        return Alert(
-            alert_id=Alert.make_id(device_id, metric, rows.ts_us[i], top.label),
-            device_id=device_id,
-            kind=rows.kind_of[device_id],
-            metric=metric,
-            ts_us=rows.ts_us[i],
-            value=rows.values[i],
-            score=float(scored.score[i]),
-            detector=top.label,
-            baseline=float(scored.baselines[i]),
-            spread=float(scored.spreads[i]),
-            window=self._window_readings(sid, top),
-            seq=rows.seq[i],
-            gateway_us=rows.gateway_us[i],
-            emitted_us=emitted,
-            detectors=names,
-            explanation=f"{explanation}; {why}" if why else explanation,
-            alert_class=cls,
-        )
-
-    def _window_readings(self, sid: int, kind: Kind) -> int:
-        p = self.detector.profile(sid)
-        interval = max(float(self.detector.state[sid, DT]), 1e-6)
-        if kind in (Kind.CUSUM, Kind.FLATLINE):
-            return round(p.slow_window_s / interval) if p.slow_window_s else p.slow_window
-        if kind in (Kind.EWMA, Kind.ROBUST, Kind.ROC):
-            return round(p.window_s / interval) if p.window_s else p.window
-        if kind is Kind.LIMIT and p.limit_window_s:
-            return round(p.limit_window_s / interval)
-        return 1
-
-    def _explain(self, sid: int, kind: str, metric: str, value: float, scored: Scored, i: int, top: Kind) -> str:
-        spec = METRICS.get(DeviceKind(kind), {}).get(metric) if kind in DeviceKind.__members__.values() else None
-        unit = f" {spec.unit}" if spec is not None else ""
-        base, spread = float(scored.baselines[i]), float(scored.spreads[i])
-        window = self.detector.window(sid, top)
-        if top is Kind.LIMIT:
-            p = self.detector.profile(sid)
-            side = "below" if base == p.limit_low else "above"
-            source = f" ({p.limit_source})" if p.limit_source else ""
-            return f"{metric} {side} its limit of {base:g}{unit} over {window}: {value:.4g}{unit} now{source}"
-        if top is Kind.PHYSICAL:
-            return f"{metric} = {value:.4g}{unit} is outside what a working sensor reads (limit {base:g}{unit})"
-        if top is Kind.FLATLINE:
-            return f"{metric} stuck at {value:.4g}{unit}, unusual for this series (base rate over {window})"
-        p_text = f"p < 1e-{scored.score[i] * 10:.1f}"
-        return (
-            f"{metric} = {value:.4g}{unit}, expected {base:.4g} +- {spread:.2g}{unit} by {top.label} over {window}; "
-            f"{p_text}; detectors: {', '.join(scored.fired_names(i)) or top.label}"
-        )
+        return [
+            alerts.from_reading(self.detector, rows, scored, int(i), emitted) for i in np.flatnonzero(scored.alarms)
+        ]
 
     async def _send_alert(self, alert: Alert) -> asyncio.Future[object]:
         assert self._producer is not None

@@ -373,25 +373,6 @@ async def test_a_device_that_fell_silent_while_no_consumer_ran_is_noticed(
     assert [(a.device_id, a.detector) for a in alerts] == [("dev-8", "staleness")]
 
 
-def test_silence_is_judged_by_the_pipelines_progress() -> None:
-    """Stream time is the newest reading's time in the partition furthest behind (after a
-    backlog partitions catch up unevenly: the demo's replay once raised false "offline" alerts),
-    advanced by the clock only over time the partition was known read to its end."""
-    wall = [T0 + 3_600_000_000]
-    service = StreamService(StreamSettings(metrics_port=-1), clock=lambda: wall[0])
-    service.saw(0, T0 + 600_000_000)  # partition 0 has caught up to T0 + 10 min
-    service.saw(1, T0 + 30_000_000)  # partition 1 is still at T0 + 30 s
-    service.saw(1, T0 + 20_000_000)  # a late reading does not move time back
-    assert service.stream_time() == T0 + 30_000_000
-    wall[0] += 5_000_000  # 5 s later, nothing new read, but nothing known to be left unread:
-    assert service.stream_time() == T0 + 30_000_000  # a lagging or paused consumer; time stands still
-    service.drained(0, wall[0])
-    service.drained(1, wall[0] - 2_000_000)  # read to its end as of 2 s ago
-    assert service.stream_time() == T0 + 33_000_000
-    service.forget([1])  # partition 1 moved to another consumer
-    assert service.stream_time() == T0 + 605_000_000
-
-
 async def test_a_partition_still_catching_up_raises_no_false_staleness(
     stack: Stack, topics: Topics, database: str, uid: str
 ) -> None:
@@ -420,8 +401,8 @@ async def test_a_partition_still_catching_up_raises_no_false_staleness(
         # silent only once that time passes its last reading (here after 700 s of nothing, with
         # both partitions read to their end).
         clock.now_us += 700_000_000
-        service.drained(0, clock.now_us)
-        service.drained(1, clock.now_us)
+        service.progress.drained(0, clock.now_us)
+        service.progress.drained(1, clock.now_us)
         stale = await service.check_staleness()
     assert sorted(a.device_id for a in stale) == ["ahead", "behind"]
 
