@@ -87,7 +87,6 @@ class StreamService(AsyncService):
         self._silence = Silence(
             mass_share=settings.mass_silence_share, mass_min_devices=settings.mass_silence_min_devices
         )
-        self._caught_up = False  # the last poll found nothing: the stream is live
         # Rebalance callbacks run while a batch may be suspended mid-way: restoring, replaying
         # and scoring take this lock, so no series is folded twice.
         self._state_lock = asyncio.Lock()
@@ -242,7 +241,6 @@ class StreamService(AsyncService):
             due[name] = start + seconds * 1e6
         while True:
             batch = await self._consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch)
-            self._caught_up = not batch
             if batch:
                 await self._store_until_done(batch)
             now = self._clock()
@@ -316,13 +314,10 @@ class StreamService(AsyncService):
         return True
 
     def stream_time(self) -> int:
-        """How far the pipeline has got (``stream.silence``). Before any reading, once a poll
-        finds nothing to catch up: the clock (a whole city that fell silent while no consumer
-        ran is still noticed); else 0."""
-        t = self.progress.stream_time()
-        if t is None:
-            return self._clock() if self._caught_up else 0
-        return t
+        """How far the pipeline has got (``stream.silence``); 0 while that is unknown. Partitions
+        read to their end advance with the clock, so a whole city that fell silent while no
+        consumer ran is still noticed."""
+        return self.progress.stream_time() or 0
 
     async def note_progress(self) -> None:
         """Mark the partitions the consumer has read to their end. What the broker holds is
@@ -547,6 +542,7 @@ class StreamService(AsyncService):
         not at their next reading, and replay what was stored after it, so a device that fell
         silent while no consumer ran is noticed (staleness). On a connection of its own, as in
         ``hand_over``."""
+        self.progress.assign(partitions)
         if self.store.mode is None or self._consumer is None or not partitions:
             return
         total = len(self._consumer.partitions_for_topic(self._topics.readings) or ())

@@ -32,8 +32,13 @@ class Progress:
     """Stream time from what each partition delivered, and when it was last read to its end."""
 
     def __init__(self) -> None:
+        self._assigned: set[int] = set()
         self._newest: dict[int, tuple[int, int]] = {}  # partition -> (newest reading, clock at arrival)
         self._drained: dict[int, int] = {}  # partition -> clock when it was last read to its end
+
+    def assign(self, partitions: list[int]) -> None:
+        """These partitions are this consumer's now (their backlog is unknown until read)."""
+        self._assigned.update(partitions)
 
     def saw(self, partition: int, newest_us: int, now_us: int) -> None:
         """Readings up to ``newest_us`` arrived from ``partition`` at ``now_us``."""
@@ -46,14 +51,25 @@ class Progress:
             self._drained[partition] = at_us
 
     def forget(self, partition: int) -> None:
+        self._assigned.discard(partition)
         self._newest.pop(partition, None)
         self._drained.pop(partition, None)
 
     def stream_time(self) -> int | None:
-        """The time of the partition furthest behind; None before any reading."""
-        if not self._newest:
-            return None
-        return min(newest + max(0, self._drained.get(p, at) - at) for p, (newest, at) in self._newest.items())
+        """The time of the partition furthest behind. A partition that delivered nothing yet has
+        the time it was last read to its end (it is empty up to then); None while any partition
+        has neither: its backlog is unknown, so nothing can be judged (as after a rebalance,
+        when restored series wait for their partition's first fetch)."""
+        times = []
+        for p in self._assigned | self._newest.keys():
+            if p in self._newest:
+                newest, at = self._newest[p]
+                times.append(newest + max(0, self._drained.get(p, at) - at))
+            elif p in self._drained:
+                times.append(self._drained[p])
+            else:
+                return None
+        return min(times) if times else None
 
 
 @dataclass

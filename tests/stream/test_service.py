@@ -399,10 +399,10 @@ async def test_a_partition_still_catching_up_raises_no_false_staleness(
         assert await service.check_staleness() == []
         # The price: silence is judged on the slowest partition's time, so "ahead" is found
         # silent only once that time passes its last reading (here after 700 s of nothing, with
-        # both partitions read to their end).
+        # every partition read to its end).
         clock.now_us += 700_000_000
-        service.progress.drained(0, clock.now_us)
-        service.progress.drained(1, clock.now_us)
+        for partition in range(3):
+            service.progress.drained(partition, clock.now_us)
         stale = await service.check_staleness()
     assert sorted(a.device_id for a in stale) == ["ahead", "behind"]
 

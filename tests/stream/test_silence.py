@@ -31,6 +31,21 @@ def test_stream_time_is_the_pipelines_progress() -> None:
     assert progress.stream_time() == T0 + 605_000_000
 
 
+def test_a_partition_whose_backlog_is_unknown_stops_all_judgement() -> None:
+    """Just assigned (after a rebalance), a partition's series are restored but its backlog is
+    not read yet: judging them against the other partitions' time would call them all silent."""
+    wall = T0 + 60_000_000
+    progress = Progress()
+    progress.assign([0, 1])
+    progress.saw(0, T0 + 59_000_000, wall)
+    assert progress.stream_time() is None  # partition 1: nothing read, not known empty
+    progress.drained(1, wall - 30_000_000)  # read to its end, and empty, as of 30 s ago
+    assert progress.stream_time() == T0 + 30_000_000
+    progress.drained(0, wall + 10_000_000)
+    progress.drained(1, wall + 10_000_000)
+    assert progress.stream_time() == T0 + 69_000_000
+
+
 def _city(devices: int, metrics: tuple[str, ...] = ("pressure_kpa", "flow_m3h")) -> tuple[Detector, SeriesIndex]:
     detector, series = Detector(), SeriesIndex()
     sids, ts = [], []
