@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS incidents (
     resolve_pending boolean NOT NULL DEFAULT false
 );
 ALTER TABLE incidents ADD COLUMN IF NOT EXISTS groups text[] NOT NULL DEFAULT '{}';
+-- Alerts that were silences (staleness): what decides a concentrator_offline.
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS silences integer NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS incidents_open ON incidents (state) WHERE state NOT IN ('closed', 'cancelled');
 CREATE INDEX IF NOT EXISTS incidents_group ON incidents (category, group_key);
 

@@ -179,7 +179,7 @@ class Desk:
         rows = await unit.rows(
             """
             SELECT i.incident_id, i.type, i.category, i.groups, i.district, i.detected_at, i.last_alert_at, i.series,
-                   i.detectors, i.drops, i.severity, i.explanation, i.alert_count,
+                   i.detectors, i.drops, i.silences, i.severity, i.explanation, i.alert_count,
                    (SELECT coalesce(json_agg(json_build_array(u.a, ST_Y(d.geom::geometry), ST_X(d.geom::geometry))),
                                     '[]')
                     FROM unnest(i.assets) AS u(a) LEFT JOIN devices d ON d.device_id = u.a) AS points
@@ -203,6 +203,7 @@ class Desk:
                 detectors=set(r["detectors"]),
                 metrics={x.rsplit("/", 1)[1] for x in r["series"]},
                 drops=int(r["drops"]),
+                silences=int(r["silences"]),
                 severity=int(r["severity"]),
                 explanation=r["explanation"],
                 alert_count=int(r["alert_count"]),
@@ -227,6 +228,7 @@ class Desk:
             "series": sorted(d.series),
             "detectors": sorted(d.detectors),
             "drops": d.drops,
+            "silences": d.silences,
             "lon": centroid[1] if centroid else None,
             "lat": centroid[0] if centroid else None,
             "radius_m": d.radius_m,
@@ -245,11 +247,11 @@ class Desk:
             row = await unit.row(
                 f"""
                 INSERT INTO incidents (type, category, title, severity, state, district, group_key, groups, assets,
-                    series, detectors, drops, geom, radius_m, alert_count, explanation, detected_at, opened_at,
-                    last_alert_at, updated_at, ack_due)
+                    series, detectors, drops, silences, geom, radius_m, alert_count, explanation, detected_at,
+                    opened_at, last_alert_at, updated_at, ack_due)
                 VALUES (%(type)s, %(category)s, %(title)s, %(severity)s, 'new', %(district)s, %(group_key)s, %(groups)s,
-                    %(assets)s, %(series)s, %(detectors)s, %(drops)s, {geom}, %(radius_m)s, %(alert_count)s,
-                    %(explanation)s, %(detected_at)s, %(now)s, %(last_alert_at)s, %(now)s, %(ack_due)s)
+                    %(assets)s, %(series)s, %(detectors)s, %(drops)s, %(silences)s, {geom}, %(radius_m)s,
+                    %(alert_count)s, %(explanation)s, %(detected_at)s, %(now)s, %(last_alert_at)s, %(now)s, %(ack_due)s)
                 RETURNING incident_id
                 """,
                 fields,
@@ -272,6 +274,7 @@ class Desk:
                 UPDATE incidents SET type = %(type)s, title = %(title)s, severity = %(severity)s,
                     group_key = %(group_key)s, groups = %(groups)s,
                     assets = %(assets)s, series = %(series)s, detectors = %(detectors)s, drops = %(drops)s,
+                    silences = %(silences)s,
                     geom = {geom}, radius_m = %(radius_m)s, alert_count = %(alert_count)s,
                     detected_at = %(detected_at)s, last_alert_at = %(last_alert_at)s, updated_at = %(now)s,
                     version = version + 1,
